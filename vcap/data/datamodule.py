@@ -1,0 +1,168 @@
+"""``CaptionDataModule``: manifest records -> decord frames (in workers) -> Qwen2-VL processor batches."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vcap.data.manifest import read_manifest, records_from_videos
+from vcap.data.synthetic import ShapesSpec, build_shapes_dataset
+from vcap.data.video import BadVideoError, FrameSampling, decode_frames
+from vcap.prompts import DEFAULT_PROMPT, SYSTEM_PROMPT, build_messages
+
+log = logging.getLogger(__name__)
+BAD_VIDEO_POLICIES = ("skip", "error")
+
+
+class VideoRecords(Dataset):
+    """Decodes one record's frames; a bad video is raised (policy 'error') or returned as a skip."""
+
+    def __init__(self, records: list[dict], sampling: FrameSampling, bad_video: str):
+        self.records, self.sampling, self.bad_video = records, sampling, bad_video
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        try:
+            frames, _ = decode_frames(record["video"], self.sampling)
+        except BadVideoError as err:
+            if self.bad_video == "error":
+                raise BadVideoError(f"{err} (set data.bad_video: skip to skip such videos)") from err
+            log.warning("skipping bad video: %s", err)
+            return {"record": record, "frames": None, "error": str(err)}
+        return {"record": record, "frames": frames, "error": None}
+
+
+class PromptCollator:
+    """Builds left-padded prompt batches; skipped videos travel along so the step can count them."""
+
+    def __init__(self, processor, prompt: str, system_prompt: str | None, min_pixels: int, max_pixels: int):
+        self.processor = processor
+        self.text = processor.apply_chat_template(build_messages(prompt, system_prompt), tokenize=False,
+                                                  add_generation_prompt=True)
+        self.video_kwargs = {"do_sample_frames": False, "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+
+    def __call__(self, items: list[dict]) -> dict[str, Any]:
+        good = [it for it in items if it["frames"] is not None]
+        skipped = [{"video": it["record"]["video"], "error": it["error"]} for it in items if it["frames"] is None]
+        batch: dict[str, Any] = {"records": [it["record"] for it in good], "skipped": skipped, "inputs": None}
+        if good:
+            inputs = self.processor(text=[self.text] * len(good), videos=[it["frames"] for it in good], padding=True,
+                                    return_tensors="pt", videos_kwargs=self.video_kwargs)
+            batch["inputs"] = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        return batch
+
+
+class CaptionDataModule(L.LightningDataModule):
+    """Videos and references from a JSONL manifest (``split`` field selects train/val).
+
+    Args:
+        manifest: JSONL manifest with train and val records (``split``: train/val).
+        val_manifest: optional separate manifest for validation (all its records are used).
+        predict_videos: video files, folders, or one ``.jsonl`` manifest for ``vcap predict``.
+        processor: model name or path whose processor builds the batches (linked to model.name_or_path).
+        fps / nframes / min_frames / max_frames: frame sampling as in qwen-vl-utils.
+        min_pixels / max_pixels: per-frame pixel budget for the processor's resize.
+        bad_video: 'skip' (log, count, continue) or 'error' (raise naming the file).
+        limit_val: evaluate only the first N validation records.
+    """
+
+    def __init__(self, manifest: str | None = None, val_manifest: str | None = None,
+                 predict_videos: list[str] | None = None, processor: str = "vcap-tiny", batch_size: int = 2,
+                 val_batch_size: int = 8, num_workers: int = 2, pin_memory: bool = False, fps: float | None = 2.0,
+                 nframes: int | None = None, min_frames: int = 4, max_frames: int = 32, min_pixels: int = 128 * 28 * 28,
+                 max_pixels: int = 360 * 420, prompt: str = DEFAULT_PROMPT, system_prompt: str | None = SYSTEM_PROMPT,
+                 bad_video: str = "skip", limit_val: int | None = None, shuffle: bool = True):
+        super().__init__()
+        if bad_video not in BAD_VIDEO_POLICIES:
+            raise ValueError(f"data.bad_video must be one of {BAD_VIDEO_POLICIES}, got {bad_video!r}")
+        self.save_hyperparameters()
+        self.sampling = FrameSampling(fps, nframes, min_frames, max_frames)
+        self.datasets: dict[str, VideoRecords] = {}
+        self.collator: PromptCollator | None = None
+
+    def manifest_path(self) -> str:
+        if self.hparams.manifest is None:
+            raise ValueError("data.manifest is not set: point it at a JSONL manifest (see README, 'Manifest format')")
+        return self.hparams.manifest
+
+    def load_records(self, stage: str) -> list[dict]:
+        hp = self.hparams
+        if stage == "fit":
+            return read_manifest(self.manifest_path(), split="train")
+        if stage == "predict":
+            videos = hp.predict_videos or []
+            if len(videos) == 1 and videos[0].endswith(".jsonl"):
+                return read_manifest(videos[0])
+            if not videos:
+                raise ValueError("vcap predict needs --data.predict_videos: video files, folders or a .jsonl manifest")
+            return records_from_videos(videos)
+        records = read_manifest(hp.val_manifest) if hp.val_manifest else read_manifest(self.manifest_path(), "val")
+        return records[: hp.limit_val] if hp.limit_val else records
+
+    def setup(self, stage: str) -> None:
+        from vcap.model.loading import load_processor
+
+        if self.collator is None:
+            hp = self.hparams
+            self.collator = PromptCollator(load_processor(hp.processor), hp.prompt, hp.system_prompt,
+                                           hp.min_pixels, hp.max_pixels)
+        stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("validate",), "predict": ("predict",)}
+        for name in stages[stage]:
+            if name not in self.datasets:
+                records = self.load_records(name)
+                if not records and stage == "fit" and name == "validate":
+                    log.warning("no validation records (split 'val'): training without validation")
+                    continue
+                if not records:
+                    raise ValueError(f"no records for stage '{name}' (check the manifest's 'split' fields)")
+                self.datasets[name] = VideoRecords(records, self.sampling, self.hparams.bad_video)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(self.datasets[name], batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers,
+                          pin_memory=hp.pin_memory, collate_fn=self.collator, persistent_workers=hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("fit", self.hparams.batch_size, self.hparams.shuffle)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if "validate" not in self.datasets:
+            return []
+        return self._loader("validate", self.hparams.val_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.hparams.val_batch_size, False)
+
+
+class ShapesDataModule(CaptionDataModule):
+    """The embedded synthetic benchmark: generated on first use under ``root`` (default: the vcap cache)."""
+
+    def __init__(self, root: str | None = None, num_train: int = 256, num_val: int = 32, dataset_seed: int = 0,
+                 nframes: int | None = 8, min_pixels: int = 56 * 56, max_pixels: int = 56 * 56, **kwargs):
+        super().__init__(nframes=nframes, min_pixels=min_pixels, max_pixels=max_pixels, **kwargs)
+        self.spec = ShapesSpec(num_train=num_train, num_val=num_val, seed=dataset_seed)
+
+    def prepare_data(self) -> None:
+        self.hparams.manifest = str(build_shapes_dataset(self.shapes_root(), self.spec))
+
+    def shapes_root(self) -> Path:
+        from vcap.model.tiny import cache_root
+
+        root = self.hparams.get("root")
+        s = self.spec
+        return Path(root) if root else cache_root() / "data" / f"shapes-{s.num_train}-{s.num_val}-seed{s.seed}"
+
+    def manifest_path(self) -> str:
+        if self.hparams.manifest is None:
+            self.prepare_data()
+        return self.hparams.manifest

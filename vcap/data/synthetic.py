@@ -1,0 +1,150 @@
+"""The embedded offline dataset: procedural videos of coloured shapes that move, grow or shrink.
+
+Each clip holds 1-2 different shapes with a colour and a size; each shape does one action. Clips are
+real H.264 mp4 files written with PyAV, described by a JSONL manifest in the same format users write
+for their own data (see README, "Manifest format").
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 210, 40)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 7.0, "large": 12.0}
+ACTIONS = ("moves left", "moves right", "moves up", "moves down", "grows", "shrinks")
+_MOTION = {"moves left": (-1, 0), "moves right": (1, 0), "moves up": (0, -1), "moves down": (0, 1)}
+
+
+def vocabulary_corpus() -> list[str]:
+    """Every phrase the synthetic captions can use, for training the tiny tokenizer."""
+    lines = []
+    for color in COLORS:
+        for shape in SHAPES:
+            for size in SIZES:
+                for action in ACTIONS:
+                    lines.append(f"A {size} {color} {shape} {action}. the {color} {shape} {action}")
+                    lines.append(json.dumps([{"subject": shape, "attributes": [color, size], "actions": [action]}]))
+    return lines
+
+
+@dataclass
+class ShapeSpec:
+    shape: str
+    color: str
+    size: str
+    action: str
+    x: float
+    y: float
+
+    def radius_at(self, t: float) -> float:
+        base = SIZES[self.size]
+        return base * (1 + 0.8 * t if self.action == "grows" else 1 - 0.45 * t if self.action == "shrinks" else 1)
+
+    def center_at(self, t: float, travel: float) -> tuple[float, float]:
+        dx, dy = _MOTION.get(self.action, (0, 0))
+        return self.x + dx * travel * t, self.y + dy * travel * t
+
+
+def _draw(frame: np.ndarray, spec: ShapeSpec, cx: float, cy: float, r: float) -> None:
+    h, w, _ = frame.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    if spec.shape == "circle":
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    elif spec.shape == "square":
+        mask = (np.abs(xx - cx) <= r * 0.85) & (np.abs(yy - cy) <= r * 0.85)
+    else:  # upward triangle: inside the band below the apex, widening linearly
+        rel = (yy - (cy - r)) / (2 * r)
+        mask = (rel >= 0) & (rel <= 1) & (np.abs(xx - cx) <= rel * r)
+    frame[mask] = COLORS[spec.color]
+
+
+def render_clip(specs: list[ShapeSpec], size: int, num_frames: int) -> np.ndarray:
+    travel = size * 0.4
+    frames = np.zeros((num_frames, size, size, 3), dtype=np.uint8)
+    for k in range(num_frames):
+        t = k / max(num_frames - 1, 1)
+        for spec in specs:
+            cx, cy = spec.center_at(t, travel)
+            _draw(frames[k], spec, cx, cy, spec.radius_at(t))
+    return frames
+
+
+def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"}
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def sample_specs(rng: random.Random, size: int) -> list[ShapeSpec]:
+    count = rng.choice((1, 2))
+    shapes = rng.sample(SHAPES, count)
+    colors = rng.sample(list(COLORS), count)
+    specs = []
+    for i, (shape, color) in enumerate(zip(shapes, colors)):
+        action = rng.choice(ACTIONS)
+        dx, dy = _MOTION.get(action, (0, 0))
+        # start on the side opposite the motion so the shape stays in frame
+        x = size * (0.7 if dx < 0 else 0.3 if dx > 0 else 0.5)
+        y = size * (0.7 if dy < 0 else 0.3 if dy > 0 else 0.5)
+        if count == 2 and dx == 0:
+            x = size * (0.27 if i == 0 else 0.73)
+        if count == 2 and dy == 0:
+            y = size * (0.27 if i == 0 else 0.73)
+        jitter = size * 0.08  # small random offsets so no two clips are pixel-identical
+        specs.append(ShapeSpec(shape, color, rng.choice(list(SIZES)), action, x + rng.uniform(-jitter, jitter),
+                               y + rng.uniform(-jitter, jitter)))
+    return specs
+
+
+def describe(specs: list[ShapeSpec]) -> dict:
+    return {
+        "caption": " ".join(f"A {s.size} {s.color} {s.shape} {s.action}." for s in specs),
+        "structure": [{"subject": s.shape, "attributes": [s.color, s.size], "actions": [s.action]} for s in specs],
+        "events": [f"the {s.color} {s.shape} {s.action}" for s in specs],
+    }
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    num_train: int = 256
+    num_val: int = 32
+    seed: int = 0
+    size: int = 56
+    num_frames: int = 8
+    fps: int = 4
+
+
+def build_shapes_dataset(root: str | Path, spec: ShapesSpec = ShapesSpec()) -> Path:
+    """Write videos + ``manifest.jsonl`` under ``root`` (skipped when an identical build exists)."""
+    root = Path(root)
+    manifest = root / "manifest.jsonl"
+    meta = root / "meta.json"
+    if manifest.exists() and meta.exists() and json.loads(meta.read_text()) == asdict(spec):
+        return manifest
+    records = []
+    # each split has its own random stream, so val is the same held-out set whatever num_train is
+    for split, count in (("train", spec.num_train), ("val", spec.num_val)):
+        rng = random.Random(f"shapes-{spec.seed}-{split}")
+        for i in range(count):
+            specs = sample_specs(rng, spec.size)
+            rel = f"videos/{split}-{i:05d}.mp4"
+            write_mp4(render_clip(specs, spec.size, spec.num_frames), root / rel, spec.fps)
+            records.append({"id": f"shapes-{split}-{i:05d}", "video": rel, **describe(specs), "split": split,
+                            "seed": spec.seed})
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(manifest)
+    meta.write_text(json.dumps(asdict(spec)))
+    return manifest

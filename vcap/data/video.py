@@ -1,0 +1,65 @@
+"""Frame decoding with decord and qwen-vl-utils-style frame sampling."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FRAME_FACTOR = 2  # Qwen2-VL packs 2 frames per temporal patch
+
+
+class BadVideoError(RuntimeError):
+    """A video that is missing, unreadable or empty; the message names the file."""
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    fps: float | None = 2.0
+    nframes: int | None = None
+    min_frames: int = 4
+    max_frames: int = 32
+
+    def __post_init__(self):
+        if self.fps is None and self.nframes is None:
+            raise ValueError("set either fps or nframes for frame sampling")
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames={self.min_frames} > max_frames={self.max_frames}")
+
+    def count(self, total_frames: int, video_fps: float) -> int:
+        if self.nframes is not None:
+            wanted = self.nframes
+        else:
+            duration = total_frames / max(video_fps, 1e-6)
+            wanted = min(max(duration * self.fps, self.min_frames), self.max_frames)
+        wanted = max(FRAME_FACTOR, int(round(wanted / FRAME_FACTOR)) * FRAME_FACTOR)
+        return wanted
+
+    def indices(self, total_frames: int, video_fps: float) -> np.ndarray:
+        """Uniform indices over the clip, first and last frame included; repeats frames of short clips."""
+        n = self.count(total_frames, video_fps)
+        return np.linspace(0, total_frames - 1, n).round().astype(np.int64)
+
+
+def decode_frames(path: str | Path, sampling: FrameSampling) -> tuple[np.ndarray, float]:
+    """(T, H, W, 3) uint8 frames and the source fps; BadVideoError naming the file on any failure."""
+    import decord
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadVideoError(f"video not found: {path}")
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        total = len(reader)
+        if total == 0:
+            raise BadVideoError(f"video has no frames: {path}")
+        video_fps = float(reader.get_avg_fps() or 0.0) or 1.0
+        frames = reader.get_batch(sampling.indices(total, video_fps).tolist()).asnumpy()
+    except BadVideoError:
+        raise
+    except Exception as err:  # decord raises its own DECORDError and RuntimeErrors
+        raise BadVideoError(f"cannot decode video {path}: {type(err).__name__}: {str(err)[:200]}") from err
+    if frames.ndim != 4 or frames.shape[0] == 0 or math.prod(frames.shape) == 0:
+        raise BadVideoError(f"video decoded to an empty array: {path}")
+    return frames, video_fps

@@ -1,0 +1,147 @@
+"""``GRPOModule``: group sampling and the GRPO loss, one optimizer step per update."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from vcap.grpo.losses import get_loss_aggregation, group_advantages, grpo_loss
+from vcap.grpo.rollout import Rollout, chunked_logprobs, sample_completions, select, token_logprobs
+from vcap.policy import CaptionPolicyModule
+from vcap.rewards import RewardOutput, parse_completion
+
+log = logging.getLogger(__name__)
+
+
+class GRPOModule(CaptionPolicyModule):
+    """GRPO over structured-thinking captions (names follow TRL where it has one).
+
+    Args:
+        num_generations: G completions sampled per prompt.
+        beta: k3 KL coefficient; 0 loads no reference model.
+        epsilon / epsilon_high: lower / upper clip range of the ratio (epsilon_high defaults to epsilon).
+        loss_type: 'grpo' (sequence mean of token means), 'dapo' (token mean) or 'dr_grpo'.
+        scale_rewards: 'group' divides advantages by the group std; 'none' only centres them.
+        max_completion_length: new-token budget per completion.
+        temperature / top_p: rollout sampling.
+        num_iterations: μ optimizer steps per rollout, with stored old log-probs.
+        micro_batch_size: sequences per forward/backward pass (gradients accumulate over the rollout).
+        max_grad_norm: gradient clipping (0 disables).
+        log_completions_every: write sample completions every N rollouts to ``samples.jsonl`` (0 disables).
+    """
+
+    def __init__(self, num_generations: int = 8, beta: float = 0.04, epsilon: float = 0.2,
+                 epsilon_high: float | None = None, loss_type: str = "grpo", scale_rewards: str = "group",
+                 max_completion_length: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
+                 num_iterations: int = 1, micro_batch_size: int = 8, max_grad_norm: float = 1.0,
+                 log_completions_every: int = 50, **kwargs):
+        super().__init__(**kwargs)
+        get_loss_aggregation(loss_type)  # fail at config time on a bad name
+        if num_generations < 2:
+            raise ValueError("num_generations must be >= 2: GRPO compares completions within a group")
+        if num_iterations < 1 or micro_batch_size < 1:
+            raise ValueError("num_iterations and micro_batch_size must be >= 1")
+        self.automatic_optimization = False
+        self.ref_model = None
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.hparams.beta != 0 and self.hparams.peft is None and self.ref_model is None:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+
+    # -- the algorithm ------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        self.count_skips(batch)
+        if batch["inputs"] is None:
+            return
+        hp = self.hparams
+        rollout = sample_completions(self.model, batch["inputs"], hp.num_generations, hp.max_completion_length,
+                                     self.eos_token_ids, self.tokenizer.pad_token_id, hp.temperature, hp.top_p)
+        texts = self.clean(self.decode(rollout.completion_ids))
+        records = [r for r in batch["records"] for _ in range(hp.num_generations)]
+        rewards = self.reward_set([parse_completion(t) for t in texts], records)
+        valid = ~rewards.excluded
+        adv = group_advantages(rewards.scores, hp.num_generations, hp.scale_rewards, valid=valid)
+        old_logp, ref_logp = self.fixed_logprobs(rollout)
+        for _ in range(hp.num_iterations):
+            stats = self.policy_update(rollout, adv.advantages, old_logp, ref_logp, valid)
+        self.log_rollout(rollout, rewards, adv, stats, texts, records)
+
+    # -- pieces -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fixed_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Old-policy log-probs (only needed when μ > 1) and reference log-probs (only when beta != 0)."""
+        hp = self.hparams
+        old = chunked_logprobs(self.model, rollout, hp.micro_batch_size, hp.temperature) if hp.num_iterations > 1 else None
+        ref = None
+        if hp.beta != 0:
+            if self.ref_model is not None:
+                ref = chunked_logprobs(self.ref_model, rollout, hp.micro_batch_size, hp.temperature)
+            else:  # PEFT: the base model is the policy with adapters off
+                with self.model.disable_adapter():
+                    ref = chunked_logprobs(self.model, rollout, hp.micro_batch_size, hp.temperature)
+        return old, ref
+
+    def policy_update(self, rollout: Rollout, advantages: torch.Tensor, old_logp: torch.Tensor | None,
+                      ref_logp: torch.Tensor | None, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimizer step on the whole rollout, accumulated over micro-batches."""
+        hp = self.hparams
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        mask = rollout.completion_mask * valid.to(rollout.completion_mask).unsqueeze(1)
+        n, mb = mask.shape[0], hp.micro_batch_size
+        totals = dict(total_sequences=n, total_tokens=mask.sum().clamp(min=1).item())
+        advantages = advantages.to(self.device)
+        stats: dict[str, torch.Tensor] = {}
+        opt.zero_grad()
+        for start in range(0, n, mb):
+            stop = min(start + mb, n)
+            ids, m = rollout.completion_ids[start:stop], mask[start:stop]
+            logp = token_logprobs(self.model, select(rollout.inputs, start, stop), ids, rollout.completion_mask[start:stop],
+                                  hp.temperature)
+            old = logp.detach() if old_logp is None else old_logp[start:stop]
+            ref = None if ref_logp is None else ref_logp[start:stop]
+            loss, part = grpo_loss(logp, old, ref, advantages[start:stop], m, loss_type=hp.loss_type, beta=hp.beta,
+                                   epsilon=hp.epsilon, epsilon_high=hp.epsilon_high,
+                                   max_completion_length=hp.max_completion_length, **totals)
+            self.manual_backward(loss)
+            for key, value in {"loss": loss.detach(), **part}.items():
+                stats[key] = stats.get(key, 0.0) + value
+        if hp.max_grad_norm > 0:
+            self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        sched.step()
+        return stats
+
+    def log_rollout(self, rollout: Rollout, rewards: RewardOutput, adv, stats: dict, texts: list[str],
+                    records: list[dict]) -> None:
+        n = len(texts)
+        lengths = rollout.completion_mask.sum(dim=1).float()
+        grouped = rewards.scores.view(-1, self.hparams.num_generations)
+        metrics = {
+            "train/reward": rewards.scores.mean(), "train/reward_std": grouped.std(dim=1).mean(),
+            "train/frac_reward_zero_std": adv.zero_std.float().mean(),
+            "train/completion_length": lengths.mean(),
+            "train/clipped_completions": (rollout.completion_mask[:, -1] == 1).float().mean(),
+            "train/reward_failures": torch.tensor(float(len(rewards.failures))),
+            "train/lr": torch.tensor(self.lr_schedulers().get_last_lr()[0]),
+            **{f"train/{k}": v for k, v in stats.items()},
+            **{f"train/reward/{k}": v.mean() for k, v in rewards.components.items()},
+        }
+        self.log_dict(metrics, batch_size=n, prog_bar=False)
+        self.log("reward", metrics["train/reward"], prog_bar=True, batch_size=n, logger=False)
+        every = self.hparams.log_completions_every
+        if every and self.trainer.is_global_zero and (self.global_step // self.hparams.num_iterations - 1) % every == 0:
+            self.write_samples(texts, records, rewards)
+
+    def write_samples(self, texts: list[str], records: list[dict], rewards: RewardOutput, k: int = 4) -> None:
+        log_dir = Path(self.trainer.log_dir or ".")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        reasons = dict(rewards.failures)
+        with open(log_dir / "samples.jsonl", "a") as f:
+            for i in range(min(k, len(texts))):
+                f.write(json.dumps({"step": self.global_step, "id": records[i].get("id"), "reward": float(rewards.scores[i]),
+                                    "completion": texts[i], "failure": reasons.get(i)}) + "\n")
+        log.info("step %d sample (reward %.2f): %s", self.global_step, float(rewards.scores[0]), texts[0][:200])

@@ -1,0 +1,105 @@
+"""torchmetrics classes for validation: ``ThinkF1`` and ``CaptionScore``. States are sums, so DDP sync is exact."""
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+from vcap.judges import build_judge
+from vcap.rewards.caption import escore
+from vcap.rewards.matching import f1_from_counts
+from vcap.rewards.parsing import Subject
+from vcap.rewards.think import ThinkScorer
+
+
+class ThinkF1(Metric):
+    """Micro attribute/action precision, recall and F1 of structured thinking over a dataset.
+
+    ``update(predicted, targets)``: predicted subject lists (None for an unparseable think block, which
+    counts as predicting nothing) and ground-truth subject lists.
+    """
+
+    full_state_update = False
+    _KEYS = ("attr_tp", "attr_pred", "attr_gt", "act_tp", "act_pred", "act_gt", "parsed", "total")
+
+    def __init__(self, matcher: str = "exact", subject_threshold: float = 0.5, item_threshold: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.scorer = ThinkScorer(matcher=matcher, subject_threshold=subject_threshold, item_threshold=item_threshold)
+        for key in self._KEYS:
+            self.add_state(key, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, predicted: list[list[Subject] | None], targets: list[list[Subject]]) -> None:
+        sums = dict.fromkeys(self._KEYS, 0.0)
+        for pred, gt in zip(predicted, targets, strict=True):
+            counts = self.scorer.counts(pred or [], gt)
+            for prefix, c in (("attr", counts.attributes), ("act", counts.actions)):
+                sums[f"{prefix}_tp"] += c.tp
+                sums[f"{prefix}_pred"] += c.n_pred
+                sums[f"{prefix}_gt"] += c.n_gt
+            sums["parsed"] += float(pred is not None)
+            sums["total"] += 1
+        # out-of-place adds: states created under inference mode must not be updated in place later
+        for key, value in sums.items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for kind, tp, n_pred, n_gt in (("attribute", self.attr_tp, self.attr_pred, self.attr_gt),
+                                       ("action", self.act_tp, self.act_pred, self.act_gt)):
+            out[f"{kind}_precision"] = tp / n_pred if n_pred > 0 else torch.tensor(1.0 if n_gt == 0 else 0.0)
+            out[f"{kind}_recall"] = tp / n_gt if n_gt > 0 else torch.tensor(1.0 if n_pred == 0 else 0.0)
+            out[f"{kind}_f1"] = torch.tensor(f1_from_counts(float(tp), float(n_pred), float(n_gt)))
+        out["f1"] = (out["attribute_f1"] + out["action_f1"]) / 2
+        out["parse_rate"] = self.parsed / self.total.clamp(min=1)
+        return {k: v.float() for k, v in out.items()}
+
+
+class CaptionScore(Metric):
+    """AutoDQ-style event recall/precision/F1 and the mean Escore of captions, judged by ``judge``.
+
+    Recall: ground-truth events entailed by the caption. Precision: events extracted from the caption
+    entailed by the reference caption. Empty ground truth gives recall 1, no predicted events precision 1.
+    F1 is the harmonic mean of the averaged recall and precision. Judge failures are counted, not scored.
+    """
+
+    full_state_update = False
+
+    def __init__(self, judge: str = "lexical", judge_options: dict | None = None, mode: str = "step",
+                 low: float = 0.28, high: float = 0.35, **kwargs):
+        super().__init__(**kwargs)
+        self.judge = build_judge(judge, **(judge_options or {}))
+        self.mode, self.low, self.high = mode, low, high
+        for key in ("recall", "precision", "escore", "count", "failed"):
+            self.add_state(key, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _entail(self, premises: list[str], hypotheses: list[list[str]]) -> dict[int, list[bool] | None]:
+        """Entailment only where there are hypotheses (an empty side is scored 1 without a call)."""
+        index = [i for i, hyp in enumerate(hypotheses) if hyp]
+        results = self.judge.entail_many([(premises[i], hypotheses[i]) for i in index])
+        return {i: r.entailed for i, r in zip(index, results)}
+
+    def update(self, captions: list[str | None], events: list[list[str]], references: list[str]) -> None:
+        captions = [c or "" for c in captions]
+        recall_hits = self._entail(captions, events)
+        extracted = self.judge.extract_events(captions)
+        pred_events = [x.items or [] for x in extracted]
+        precision_hits = self._entail(references, pred_events)
+        sums = dict(recall=0.0, precision=0.0, escore=0.0, count=0.0, failed=0.0)
+        for i, (ev, ex, pe) in enumerate(zip(events, extracted, pred_events)):
+            rec, prec = recall_hits.get(i, []), precision_hits.get(i, [])
+            if rec is None or prec is None or ex.items is None:
+                sums["failed"] += 1
+                continue
+            recall = sum(rec) / len(rec) if ev else 1.0
+            sums["recall"] += recall
+            sums["precision"] += sum(prec) / len(prec) if pe else 1.0
+            sums["escore"] += escore(recall, self.mode, self.low, self.high)
+            sums["count"] += 1
+        for key, value in sums.items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.count.clamp(min=1)
+        recall, precision = self.recall / n, self.precision / n
+        f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else torch.zeros_like(recall)
+        return {k: v.float() for k, v in dict(event_recall=recall, event_precision=precision, event_f1=f1,
+                                              escore=self.escore / n, failed=self.failed).items()}

@@ -1,0 +1,118 @@
+"""Load a Qwen2-VL-family policy and its processor from a hub id, a local dir or an embedded name."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from vcap.model.tiny import TINY_NAME, ensure_tiny
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EMBEDDED = {
+    TINY_NAME: "random-weight tiny Qwen2-VL, built on first use",
+    "vcap-tiny-sft": "vcap-tiny after the demo SFT warm start (configs/demo/sft.yaml), shipped in vcap/assets",
+}
+# LoRA goes on the language model's linear layers only; the ViT stays as it is by default.
+LANGUAGE_MODEL_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelNotFoundError(RuntimeError):
+    pass
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path == TINY_NAME:
+        return str(ensure_tiny())
+    if name_or_path in EMBEDDED:
+        path = ASSETS / name_or_path
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"embedded model {name_or_path!r} is missing from {path}; rebuild it with "
+                                     "`vcap fit --config configs/demo/sft.yaml` (see README)")
+        return str(path)
+    return name_or_path
+
+
+def _not_found(name_or_path: str, err: Exception) -> ModelNotFoundError:
+    local = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if local.exists():
+        hint = f"the local directory {local} exists but could not be loaded; it needs config.json, weights and processor files"
+    elif looks_local:
+        hint = (f"the local directory {local} does not exist; point model.name_or_path at a saved model "
+                f"(config.json, weights, processor files), a hub id, or an embedded name: {sorted(EMBEDDED)}")
+    else:
+        hint = ("set model.name_or_path to a local directory (with config.json, weights and processor files) "
+                "or a Hugging Face hub id such as Qwen/Qwen2-VL-7B-Instruct. Offline machines need the files first: "
+                f"`huggingface-cli download {name_or_path}` on a machine with network, then copy the cache or the "
+                f"directory over. Embedded names: {sorted(EMBEDDED)}")
+    return ModelNotFoundError(f"cannot load model {name_or_path!r}: {type(err).__name__}: {err}\n  -> {hint}")
+
+
+def load_processor(name_or_path: str):
+    from transformers import AutoProcessor
+
+    path = resolve_model_path(name_or_path)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise _not_found(name_or_path, err) from err
+    processor.tokenizer.padding_side = "left"  # batched generation needs prompts aligned on the right
+    return processor
+
+
+def find_vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "visual":
+            return module
+    return None
+
+
+def load_policy(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = "sdpa",
+                gradient_checkpointing: bool = False, freeze_vision: bool = True, peft=None,
+                load_in_4bit: bool = False):
+    """The trainable policy. ``peft`` is a ``peft.PeftConfig`` (e.g. LoraConfig) or None for full fine-tuning."""
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {sorted(DTYPES)}")
+    if load_in_4bit and peft is None:
+        raise ValueError("load_in_4bit (QLoRA) needs a PEFT config: add model.peft with class_path: peft.LoraConfig")
+    kwargs = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[dtype])
+    path = resolve_model_path(name_or_path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _not_found(name_or_path, err) from err
+    if freeze_vision:
+        tower = find_vision_tower(model)
+        if tower is None:
+            log.warning("freeze_vision: no 'visual' module found in %s", type(model).__name__)
+        else:
+            tower.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if peft is not None:
+        from peft import get_peft_model
+
+        if getattr(peft, "target_modules", None) is None:
+            peft.target_modules = LANGUAGE_MODEL_LINEARS
+        if gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, peft)
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

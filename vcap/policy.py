@@ -1,0 +1,187 @@
+"""``CaptionPolicyModule``: what SFT and GRPO share — model loading, optimizer, greedy validation, predict."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from vcap.grpo.rollout import sample_completions
+from vcap.metrics import CaptionScore, ThinkF1
+from vcap.model.loading import count_parameters, load_policy, load_processor
+from vcap.rewards import RewardSet, parse_completion
+from vcap.rewards.caption import sample_events
+from vcap.rewards.parsing import subjects_from_json
+
+log = logging.getLogger(__name__)
+DEFAULT_REWARDS = {"format": 1.0, "think": 1.0, "caption": 1.0}
+
+
+class CaptionPolicyModule(L.LightningModule):
+    """Base class. Args shared by every recipe:
+
+    Args:
+        name_or_path: HF hub id, local directory, or an embedded name ('vcap-tiny', 'vcap-tiny-sft').
+        dtype: float32 | bfloat16 | float16 weights.
+        attn_implementation: e.g. 'sdpa', 'flash_attention_2', 'eager'.
+        gradient_checkpointing: trade compute for activation memory.
+        freeze_vision: keep the ViT frozen (it then also gets no LoRA).
+        peft: a PEFT config, e.g. ``class_path: peft.LoraConfig``; LoRA targets the language model by default.
+        load_in_4bit: QLoRA (nf4) loading through bitsandbytes; needs ``peft``.
+        learning_rate / weight_decay / warmup_steps: AdamW with linear warm-up.
+        rewards: reward name -> weight (registry names or 'module:Class'); scored in validation too.
+        reward_options: reward name -> constructor options.
+        max_new_tokens: generation budget for validation and predict (greedy).
+        export_dir: if set, save the trained model + processor in HF format there when fit ends.
+    """
+
+    def __init__(self, name_or_path: str = "vcap-tiny", dtype: str = "float32", attn_implementation: str | None = "sdpa",
+                 gradient_checkpointing: bool = False, freeze_vision: bool = True, peft: Any = None,
+                 load_in_4bit: bool = False, learning_rate: float = 1e-6, weight_decay: float = 0.0,
+                 warmup_steps: int = 0, rewards: dict[str, float] | None = None,
+                 reward_options: dict[str, dict[str, Any]] | None = None, max_new_tokens: int = 512,
+                 export_dir: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
+        caption_opts = (reward_options or {}).get("caption", {})
+        self.think_f1 = ThinkF1()
+        self.caption_score = CaptionScore(judge=caption_opts.get("judge", "lexical"),
+                                          judge_options=caption_opts.get("judge_options"),
+                                          mode=caption_opts.get("mode", "step"))
+        self.model = None
+        self.processor = None
+        self.skipped_videos = 0
+
+    # -- model ----------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.processor = load_processor(hp.name_or_path)
+        self.model = load_policy(hp.name_or_path, hp.dtype, hp.attn_implementation, hp.gradient_checkpointing,
+                                 hp.freeze_vision, hp.peft, hp.load_in_4bit)
+        trainable, total = count_parameters(self.model)
+        log.info("policy %s: %s trainable / %s parameters", hp.name_or_path, f"{trainable:,}", f"{total:,}")
+        self.strict_loading = hp.peft is None  # PEFT checkpoints hold only adapter weights
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        return sorted(i for i in ids if i is not None)
+
+    def decode(self, completion_ids: torch.Tensor) -> list[str]:
+        return self.tokenizer.batch_decode(completion_ids, skip_special_tokens=False)
+
+    def clean(self, texts: list[str]) -> list[str]:
+        """Drop EOS/pad markers but keep <think>/<answer> tags."""
+        drop = [t for t in {self.tokenizer.eos_token, self.tokenizer.pad_token} if t]
+        for token in drop:
+            texts = [t.replace(token, "") for t in texts]
+        return [t.strip() for t in texts]
+
+    def count_skips(self, batch: dict) -> None:
+        if batch["skipped"]:
+            self.skipped_videos += len(batch["skipped"])
+            for item in batch["skipped"]:
+                log.warning("skipped video %s: %s", item["video"], item["error"])
+        if not self.trainer.predicting:  # predict loops cannot log; skips are in the output rows instead
+            self.log("data/skipped_videos", float(self.skipped_videos), reduce_fx="max", batch_size=1)
+
+    def greedy(self, batch: dict) -> list[str]:
+        rollout = sample_completions(self.model, batch["inputs"], 1, self.hparams.max_new_tokens, self.eos_token_ids,
+                                     self.tokenizer.pad_token_id, do_sample=False)
+        return self.clean(self.decode(rollout.completion_ids))
+
+    # -- validation / predict ---------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.count_skips(batch)
+        if batch["inputs"] is None:
+            return
+        records = batch["records"]
+        texts = self.greedy(batch)
+        parsed = [parse_completion(t) for t in texts]
+        n = len(records)
+        rewards = self.reward_set(parsed, records)
+        self.log("val/reward", rewards.scores.mean(), batch_size=n, sync_dist=True)
+        for name, values in rewards.components.items():
+            self.log(f"val/reward/{name}", values.mean(), batch_size=n, sync_dist=True)
+        self.think_f1.update([p.subjects for p in parsed], [subjects_from_json(r["structure"]) for r in records])
+        self.caption_score.update([p.answer for p in parsed], [sample_events(r) for r in records],
+                                  [r.get("caption", "") for r in records])
+        if batch_idx == 0:
+            log.info("val sample %s: %s", records[0].get("id"), texts[0][:300])
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.think_f1.compute().items():
+            self.log(f"val/think_{name}", value)
+        for name, value in self.caption_score.compute().items():
+            self.log(f"val/caption_{name}", value)
+        self.think_f1.reset()
+        self.caption_score.reset()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        self.count_skips(batch)
+        out = [{"id": s["record"]["id"], "video": s["video"], "skipped": s["error"]}
+               for s in ({"record": {"id": Path(x["video"]).stem}, **x} for x in batch["skipped"])]
+        if batch["inputs"] is None:
+            return out
+        for record, text in zip(batch["records"], self.greedy(batch)):
+            parsed = parse_completion(text)
+            out.append({"id": record["id"], "video": record["video"], "completion": text, "think": parsed.think,
+                        "answer": parsed.answer, "parse_error": parsed.reason,
+                        "subjects": [s.to_json() for s in parsed.subjects] if parsed.subjects is not None else None})
+        return out
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: check freeze_vision / peft settings")
+        opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        warmup = max(self.hparams.warmup_steps, 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        if self.hparams.peft is not None:  # the frozen base is reloaded from name_or_path
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+        else:
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("ref_model.")}
+        np_state = np.random.get_state()  # tensors/ints only, so weights_only loading accepts the checkpoint
+        checkpoint["vcap_rng"] = {"torch": torch.get_rng_state(),
+                                  "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+                                  "python": random.getstate(), "skipped_videos": self.skipped_videos,
+                                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.strict_loading = False  # reference copies and frozen PEFT bases are not stored
+        rng = checkpoint.get("vcap_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            name, keys, *rest = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+            random.setstate(rng["python"])
+            self.skipped_videos = rng.get("skipped_videos", 0)
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            path = Path(self.hparams.export_dir)
+            self.model.save_pretrained(path)
+            self.processor.save_pretrained(path)
+            log.info("exported HF model to %s", path)
