@@ -137,3 +137,15 @@ class LengthReward:
     def __call__(self, parsed, samples):
         from vcap.rewards import RewardOutput
         return RewardOutput(torch.tensor([float(len(p.text)) for p in parsed]))
+
+
+def test_caption_f1_metric_stops_paying_for_padding():
+    padded = "<think>[]</think><answer>A red circle moves left. A blue square grows. A green triangle shrinks.</answer>"
+    exact = "<think>[]</think><answer>A red circle moves left.</answer>"
+    recall = build_reward("caption", mode="linear")
+    f1 = build_reward("caption", mode="linear", metric="f1")
+    samples = [SAMPLE, SAMPLE]
+    assert recall([parse_completion(padded), parse_completion(exact)], samples).scores.tolist() == [1.0, 1.0]
+    out = f1([parse_completion(padded), parse_completion(exact)], samples)
+    assert out.components["precision"].tolist() == pytest.approx([1 / 3, 1.0])
+    assert out.scores.tolist() == pytest.approx([0.5, 1.0])  # F1(1, 1/3) = 0.5

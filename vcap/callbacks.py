@@ -40,7 +40,7 @@ class ValidationReport(L.Callback):
             self.write(trainer)
 
     def write(self, trainer: L.Trainer) -> None:
-        log_dir = Path(trainer.log_dir or ".")
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / self.filename
         path.write_text(json.dumps({"runs": self.runs, "latest": self.runs[-1]["metrics"]}, indent=2))

@@ -11,7 +11,6 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 210, 40)}
@@ -76,6 +75,8 @@ def render_clip(specs: list[ShapeSpec], size: int, num_frames: int) -> np.ndarra
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
+    import av  # PyAV, imported lazily: only writing videos needs it
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)

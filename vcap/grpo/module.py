@@ -137,7 +137,7 @@ class GRPOModule(CaptionPolicyModule):
             self.write_samples(texts, records, rewards)
 
     def write_samples(self, texts: list[str], records: list[dict], rewards: RewardOutput, k: int = 4) -> None:
-        log_dir = Path(self.trainer.log_dir or ".")
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         reasons = dict(rewards.failures)
         with open(log_dir / "samples.jsonl", "a") as f:

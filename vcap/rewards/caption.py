@@ -3,6 +3,9 @@
 coverage c = entailed events / all events. ``mode='step'`` is the paper's mapping
 (0 below ``low``, 0.5 below ``high``, else 1; bounds inclusive on the upper bin);
 ``mode='linear'`` returns c itself, a denser signal for small models.
+
+``metric='f1'`` replaces c by the AutoDQ-style event F1: precision is the share of events extracted
+from the caption that the reference caption entails. Recall alone pays for ever longer captions.
 """
 from __future__ import annotations
 
@@ -33,34 +36,53 @@ class CaptionReward(Reward):
     """``on_failure``: 'zero' scores a failed judge call 0; 'exclude' drops it from its group."""
 
     def __init__(self, judge: str = "lexical", judge_options: dict | None = None, mode: str = "step",
-                 low: float = 0.28, high: float = 0.35, on_failure: str = "zero"):
+                 low: float = 0.28, high: float = 0.35, on_failure: str = "zero", metric: str = "recall"):
         if on_failure not in ("zero", "exclude"):
             raise ValueError(f"on_failure must be 'zero' or 'exclude', got {on_failure!r}")
+        if metric not in ("recall", "f1"):
+            raise ValueError(f"caption metric must be 'recall' (the paper's Escore) or 'f1', got {metric!r}")
+        self.metric = metric
         escore(0.0, mode, low, high)  # validate mode early
         self.judge = build_judge(judge, **(judge_options or {}))
         self.mode, self.low, self.high, self.on_failure = mode, low, high, on_failure
 
     def score(self, parsed, samples) -> RewardOutput:
         n = len(parsed)
-        scores, coverage = torch.zeros(n), torch.zeros(n)
+        scores, coverage, precision = torch.zeros(n), torch.zeros(n), torch.ones(n)
         excluded = torch.zeros(n, dtype=torch.bool)
         failures = []
-        requests, index = [], []
-        for i, (p, sample) in enumerate(zip(parsed, samples)):
-            events = sample_events(sample)
-            if p.answer is None:
-                failures.append((i, "no <answer> block"))
-            elif not events:
-                coverage[i] = 1.0  # nothing to cover
-                scores[i] = escore(1.0, self.mode, self.low, self.high)
-            else:
-                requests.append((p.answer, events))
-                index.append(i)
-        for i, result in zip(index, self.judge.entail_many(requests)):
-            if result.entailed is None:
-                failures.append((i, f"judge failed: {result.error}"))
+        index = [i for i, p in enumerate(parsed) if p.answer is not None]
+        failures += [(i, "no <answer> block") for i, p in enumerate(parsed) if p.answer is None]
+        events = [sample_events(s) for s in samples]
+        recall_hits = self._entail([(parsed[i].answer, events[i]) for i in index])
+        precision_hits = [None] * len(index)
+        if self.metric == "f1":
+            extracted = self.judge.extract_events([parsed[i].answer for i in index])
+            refs = [samples[i].get("caption") or " ".join(events[i]) for i in index]
+            precision_hits = self._entail([(ref, ex.items or []) for ref, ex in zip(refs, extracted)])
+            precision_hits = [None if ex.items is None else hits for ex, hits in zip(extracted, precision_hits)]
+        for k, i in enumerate(index):
+            rec, prec = recall_hits[k], precision_hits[k] if self.metric == "f1" else []
+            if rec is None or prec is None:
+                failures.append((i, "judge failed"))
                 excluded[i] = self.on_failure == "exclude"
                 continue
-            coverage[i] = sum(result.entailed) / len(result.entailed)
-            scores[i] = escore(float(coverage[i]), self.mode, self.low, self.high)
-        return RewardOutput(scores, {"coverage": coverage}, failures, excluded)
+            coverage[i] = sum(rec) / len(rec) if events[i] else 1.0
+            value = float(coverage[i])
+            if self.metric == "f1":
+                precision[i] = sum(prec) / len(prec) if prec else 1.0
+                p = float(precision[i])
+                value = 2 * value * p / (value + p) if value + p > 0 else 0.0
+            scores[i] = escore(value, self.mode, self.low, self.high)
+        components = {"coverage": coverage}
+        if self.metric == "f1":
+            components["precision"] = precision
+        return RewardOutput(scores, components, failures, excluded)
+
+    def _entail(self, requests: list[tuple[str, list[str]]]) -> list[list[bool] | None]:
+        """Entailment per request; an empty hypothesis list needs no judge call and gives []."""
+        todo = [k for k, (_, hyps) in enumerate(requests) if hyps]
+        out: list[list[bool] | None] = [[] for _ in requests]
+        for k, result in zip(todo, self.judge.entail_many([requests[k] for k in todo])):
+            out[k] = result.entailed
+        return out
