@@ -31,3 +31,13 @@ def test_embedding_matcher_caches_each_string_once(embedding_scorer):
 def test_unknown_matcher_lists_valid_names():
     with pytest.raises(ValueError, match=r"valid: \['embedding', 'exact'\]"):
         ThinkScorer(matcher="fuzzy")
+
+
+def test_embedding_judge_approximates_entailment():
+    from vcap.judges import build_judge
+
+    judge = build_judge("embedding", threshold=0.75)
+    caption = "A small red circle moves to the left. Then a big square grows."
+    out = judge.entail_many([(caption, ["the red circle moves left", "a dog barks loudly"]), ("", ["anything"])])
+    assert out[0].verdicts == ["entailment", "neutral"] and out[1].verdicts == ["neutral"]
+    assert judge.extract_events([caption])[0].items == ["A small red circle moves to the left.", "Then a big square grows."]

@@ -120,7 +120,7 @@ def test_missing_events_is_a_clear_error():
 
 
 def test_registry_errors_list_valid_names():
-    with pytest.raises(ValueError, match=r"valid: \['caption', 'format', 'think'\]"):
+    with pytest.raises(ValueError, match=r"valid: \['caption', 'cnscore', 'format', 'think'\]"):
         RewardSet({"fluency": 1.0})
     with pytest.raises(ValueError, match="not in rewards"):
         RewardSet({"format": 1.0}, {"think": {}})

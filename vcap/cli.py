@@ -1,7 +1,8 @@
-"""``vcap``: the LightningCLI front end (fit / validate / test / predict).
+"""``vcap``: the LightningCLI front end (fit / validate / test / predict) plus ``vcap annotate``.
 
 ``--bench NAME`` is shorthand for ``--config <vcap>/benches/NAME.yaml``, which selects a benchmark's
-datamodule and metrics; later arguments still override it.
+datamodule and metrics; later arguments still override it. ``vcap annotate --help`` describes the
+manifest annotator (fills missing events/structure with a judge).
 """
 from __future__ import annotations
 
@@ -102,6 +103,11 @@ def setup_logging() -> None:
 
 def main(args: list[str] | None = None) -> None:
     setup_logging()
+    raw = list(sys.argv[1:] if args is None else args)
+    if raw[:1] == ["annotate"]:
+        from vcap.annotate import main as annotate_main
+
+        return annotate_main(raw[1:])
     if args is None:  # LightningCLI reads sys.argv itself; rewrite it so --bench works there too
         sys.argv[1:] = expand_bench(sys.argv[1:])
         argv = None

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+
+from vcap.registry import Registry
 
 VERDICTS = ("entailment", "neutral", "contradiction")
 
@@ -19,7 +21,14 @@ class EntailmentResult:
 
 @dataclass
 class ExtractionResult:
-    items: list[str] | None
+    items: list | None
+    error: str | None = None
+
+
+@dataclass
+class RatingResult:
+    completeness: float | None  # 0-10
+    naturalness: float | None  # 0-10
     error: str | None = None
 
 
@@ -37,22 +46,18 @@ class Judge:
     def extract_events(self, texts: list[str]) -> list[ExtractionResult]:
         raise NotImplementedError
 
+    def rate(self, texts: list[str], references: list[str]) -> list[RatingResult]:
+        """Completeness and naturalness of each text against its reference, 0-10 each."""
+        raise NotImplementedError(f"judge '{self.name}' cannot rate captions; use an LLM judge ('openai' or 'hf')")
 
-JUDGES: dict[str, Callable[..., Judge]] = {}
+    def extract_structure(self, texts: list[str]) -> list[ExtractionResult]:
+        """Subjects with attributes and actions (as JSON-able dicts) described by each text."""
+        raise NotImplementedError(f"judge '{self.name}' cannot extract structure; use an LLM judge ('openai' or 'hf')")
 
 
-def register_judge(name: str):
-    def wrap(cls):
-        cls.name = name
-        JUDGES[name] = cls
-        return cls
-    return wrap
+JUDGES = Registry("judge")
+register_judge = JUDGES.register
 
 
 def build_judge(name: str, **options: Any) -> Judge:
-    if name not in JUDGES:
-        raise ValueError(f"unknown judge {name!r}; valid: {sorted(JUDGES)}")
-    try:
-        return JUDGES[name](**options)
-    except TypeError as err:
-        raise ValueError(f"bad options for judge {name!r}: {err}") from err
+    return JUDGES.build(name, **options)

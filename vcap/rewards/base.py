@@ -7,12 +7,12 @@ in its own file, then add ``name: weight`` under ``model.rewards`` in YAML. A na
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from vcap.registry import Registry
 from vcap.rewards.parsing import ParsedCompletion
 
 
@@ -38,31 +38,12 @@ class Reward:
         return self.score(parsed, samples)
 
 
-REWARDS: dict[str, Callable[..., Reward]] = {}
+REWARDS = Registry("reward")
+register_reward = REWARDS.register
 
 
-def register_reward(name: str):
-    def wrap(cls):
-        cls.name = name
-        REWARDS[name] = cls
-        return cls
-    return wrap
-
-
-def build_reward(name: str, **kwargs: Any) -> Reward:
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"cannot import reward {name!r}: {err}") from err
-        return cls(**kwargs)
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; valid: {sorted(REWARDS)} (or 'module.path:ClassName')")
-    try:
-        return REWARDS[name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"bad options for reward {name!r}: {err}") from err
+def build_reward(name: str, **options: Any) -> Reward:
+    return REWARDS.build(name, **options)
 
 
 class RewardSet:

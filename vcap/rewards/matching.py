@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from vcap.registry import Registry
 from vcap.rewards.parsing import normalize
 
 
@@ -62,13 +63,12 @@ class EmbeddingMatcher:
         return np.clip(self.embed(left) @ self.embed(right).T, 0.0, 1.0).astype(np.float64)
 
 
-MATCHERS = {"exact": ExactMatcher, "embedding": EmbeddingMatcher}
+MATCHERS = Registry("matcher")
+MATCHERS.update(exact=ExactMatcher, embedding=EmbeddingMatcher)
 
 
-def build_matcher(name: str, **kwargs):
-    if name not in MATCHERS:
-        raise ValueError(f"unknown matcher {name!r}; valid: {sorted(MATCHERS)}")
-    return MATCHERS[name](**kwargs)
+def build_matcher(name: str, **options):
+    return MATCHERS.build(name, **options)
 
 
 @dataclass

@@ -1,0 +1,79 @@
+"""``vcap annotate``: fills events/structure from captions; a killed run resumes without paying twice."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+
+from tests.judge_server import ScriptedServer
+
+EVENTS = '{"events": ["the cat jumps", "the cat lands"]}'
+STRUCTURE = '{"subjects": [{"subject": "cat", "attributes": ["black"], "actions": ["jumps", "lands"]}]}'
+
+
+def reply_for(body):
+    prompt = body["messages"][0]["content"]
+    return ("reply", EVENTS if '"events"' in prompt.split("Reply with JSON only:")[-1] else STRUCTURE)
+
+
+def write_manifest(path, n):
+    rows = [{"id": f"v{i}", "video": f"videos/v{i}.mp4", "caption": f"Video {i}: a black cat jumps and lands."}
+            for i in range(n)]
+    rows[1]["events"] = ["already there"]
+    rows.append({"id": "nocap", "video": "videos/x.mp4"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run_annotate(tmp_path, url, check=True):
+    opts = json.dumps({"model": "m", "base_url": url, "cache": str(tmp_path / "cache.sqlite"), "concurrency": 1,
+                       "max_retries": 0})
+    return subprocess.run([sys.executable, "-m", "vcap.cli", "annotate", "--input", str(tmp_path / "in.jsonl"),
+                           "--output", str(tmp_path / "out.jsonl"), "--judge_options", opts, "--batch_size", "2"],
+                          capture_output=True, text=True, timeout=300, check=check, cwd=tmp_path,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+def test_annotate_kill_and_resume_without_duplicate_calls(tmp_path):
+    write_manifest(tmp_path / "in.jsonl", 6)
+    answered = []
+    state = {"killed": False, "proc": None}
+
+    def script(body):
+        prompt = body["messages"][0]["content"]
+        if len(answered) == 4 and not state["killed"]:  # die halfway, with this call unanswered
+            state["killed"] = True
+            os.kill(state["proc"].pid, signal.SIGKILL)
+            return ("status", 500)
+        answered.append(prompt)
+        return reply_for(body)
+
+    with ScriptedServer(script) as server:
+        opts = json.dumps({"model": "m", "base_url": server.url, "cache": str(tmp_path / "cache.sqlite"),
+                           "concurrency": 1, "max_retries": 0})
+        state["proc"] = subprocess.Popen(
+            [sys.executable, "-m", "vcap.cli", "annotate", "--input", str(tmp_path / "in.jsonl"), "--output",
+             str(tmp_path / "out.jsonl"), "--judge_options", opts, "--batch_size", "2"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        state["proc"].wait(timeout=300)
+        assert state["killed"] and state["proc"].returncode == -signal.SIGKILL
+        assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
+        done = run_annotate(tmp_path, server.url)
+
+    duplicates = [p for p, c in Counter(answered).items() if c > 1]
+    assert not duplicates
+    assert len(answered) == 5 + 6  # 5 records lack events, 6 lack structure; each answered exactly once
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows[0]["events"] == ["the cat jumps", "the cat lands"] and rows[1]["events"] == ["already there"]
+    assert rows[0]["structure"] == [{"subject": "cat", "attributes": ["black"], "actions": ["jumps", "lands"]}]
+    assert "events" not in rows[-1] and rows[-1]["video"] == "videos/x.mp4"
+    assert "events_filled" in done.stderr and "no_caption" in done.stderr
+
+
+def test_annotate_counts_failures_and_keeps_going(tmp_path):
+    write_manifest(tmp_path / "in.jsonl", 3)
+    with ScriptedServer(lambda body: ("reply", "not json")) as server:
+        out = run_annotate(tmp_path, server.url)
+    assert "events_failed" in out.stderr and "failed" in out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert "events" not in rows[0] and rows[1]["events"] == ["already there"]

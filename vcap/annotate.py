@@ -1,0 +1,109 @@
+"""``vcap annotate``: fill missing ``events`` / ``structure`` of a manifest from its captions with a judge.
+
+Resumable: every judge reply is cached on disk as it arrives, so a killed run started again re-pays nothing
+that was answered. Other fields and video paths are copied unchanged.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vcap.judges import build_judge
+
+FIELDS = ("events", "structure")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+    return records
+
+
+def annotate(input: str, output: str, judge: str = "openai", judge_options: dict[str, Any] | None = None,
+             fields: list[str] = list(FIELDS), batch_size: int = 32, overwrite: bool = False) -> dict[str, int]:
+    """Fill missing fields of each record from its ``caption``.
+
+    Args:
+        input: JSONL manifest (video + caption per line).
+        output: where to write the annotated manifest (written atomically at the end).
+        judge: judge backend ('openai' or 'hf'); judge_options: its options (model, base_url, cache, ...).
+        fields: which of 'events' and 'structure' to fill.
+        batch_size: records per batch of judge calls (calls within a batch run concurrently).
+        overwrite: re-annotate fields that are already present.
+    """
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}; valid: {list(FIELDS)}")
+    records = read_jsonl(Path(input))
+    backend = build_judge(judge, **(judge_options or {}))
+    counts = {"records": len(records), "no_caption": 0, **{f"{f}_present": 0 for f in fields},
+              **{f"{f}_filled": 0 for f in fields}, **{f"{f}_failed": 0 for f in fields}}
+    failed: list[str] = []
+    todo = {f: [] for f in fields}
+    for i, r in enumerate(records):
+        if not isinstance(r.get("caption"), str) or not r["caption"].strip():
+            counts["no_caption"] += 1
+            continue
+        for f in fields:
+            if f in r and not overwrite:
+                counts[f"{f}_present"] += 1
+            else:
+                todo[f].append(i)
+    extract = {"events": backend.extract_events, "structure": backend.extract_structure}
+    total = sum(len(v) for v in todo.values())
+    with Progress(TextColumn("annotate {task.fields[field]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True)) as progress:
+        task = progress.add_task("annotate", total=total, field="")
+        for f in fields:
+            progress.update(task, field=f)
+            for start in range(0, len(todo[f]), batch_size):
+                idx = todo[f][start:start + batch_size]
+                for i, result in zip(idx, extract[f]([records[i]["caption"] for i in idx])):
+                    if result.items is None:
+                        counts[f"{f}_failed"] += 1
+                        failed.append(f"{records[i].get('id', records[i].get('video', i))}: {f}: {result.error}")
+                    else:
+                        records[i][f] = result.items
+                        counts[f"{f}_filled"] += 1
+                progress.advance(task, len(idx))
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    os.replace(tmp, out)
+    counts["judge_calls"] = getattr(backend, "calls", 0)
+    report(counts, failed, out)
+    return counts
+
+
+def report(counts: dict[str, int], failed: list[str], out: Path) -> None:
+    console = Console(stderr=True)
+    table = Table(title=f"vcap annotate -> {out}")
+    table.add_column("count")
+    table.add_column("value", justify="right")
+    for key, value in counts.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    for line in failed[:20]:
+        console.print(f"[red]failed[/red] {line}")
+    if len(failed) > 20:
+        console.print(f"... and {len(failed) - 20} more failures; run again to retry them (answered calls are cached)")
+
+
+def main(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    CLI(annotate, args=args, as_positional=False)
