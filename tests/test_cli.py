@@ -34,6 +34,7 @@ def test_fit_validate_predict_on_tiny_default(tmp_path):
     run_dir = tmp_path / "runs/demo-grpo/version_0"
     report = json.loads((run_dir / "validation.json").read_text())
     assert [r["label"] for r in report["runs"]] == ["start", "step 2"]  # warm start beside the trained policy
+    assert report["runs"][0]["judges"]["caption"] == {"backend": "lexical"} and report["runs"][0]["model"] == "vcap-tiny-sft"
     assert {"think_f1", "caption_escore", "reward/format", "reward/think", "reward/caption"} <= set(report["latest"])
     metrics = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/reward", "train/reward/think", "train/frac_reward_zero_std", "train/kl", "train/clip_fraction",

@@ -121,7 +121,8 @@ def test_caption_reward_records_judge_failures_without_crashing(tmp_path, on_fai
         out = reward([good, bad], [sample, sample])
     assert out.scores.tolist() == [1.0, 0.0]
     assert out.excluded.tolist() == [False, excluded]
-    assert len(out.failures) == 1 and out.failures[0][0] == 1 and "judge failed" in out.failures[0][1]
+    assert len(out.failures) == 1 and out.failures[0][0] == 1
+    assert "judge failed" in out.failures[0][1] and "500" in out.failures[0][1]
 
 
 def test_cnscore_rating_and_failures(tmp_path):

@@ -35,7 +35,9 @@ class ValidationReport(L.Callback):
             label = f"step {trainer.global_step}"
         else:
             label = str(trainer.state.fn.value if hasattr(trainer.state.fn, "value") else trainer.state.fn)
-        self.runs.append({"label": label, "global_step": trainer.global_step, "time": time.time(), "metrics": metrics})
+        about = pl_module.describe() if hasattr(pl_module, "describe") else {}
+        self.runs.append({"label": label, "global_step": trainer.global_step, "time": time.time(), "metrics": metrics,
+                          **about})
         if trainer.is_global_zero:
             self.write(trainer)
 

@@ -49,13 +49,21 @@ class CaptionPolicyModule(L.LightningModule):
         self.save_hyperparameters()
         self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
         caption_opts = (reward_options or {}).get("caption", {})
-        self.think_f1 = ThinkF1()
+        think_opts = (reward_options or {}).get("think", {})
+        self.think_f1 = ThinkF1(**{k: think_opts[k] for k in ("matcher", "subject_threshold", "item_threshold")
+                                   if k in think_opts})
         self.caption_score = CaptionScore(judge=caption_opts.get("judge", "lexical"),
                                           judge_options=caption_opts.get("judge_options"),
                                           mode=caption_opts.get("mode", "step"))
         self.model = None
         self.processor = None
         self.skipped_videos = 0
+
+    def describe(self) -> dict[str, Any]:
+        """What produced the numbers: model and judges, written into validation.json."""
+        judges = {name: r.judge.describe() for name, r in self.reward_set.rewards.items() if hasattr(r, "judge")}
+        return {"model": self.hparams.name_or_path, "judges": judges,
+                "caption_metric_judge": self.caption_score.judge.describe()}
 
     # -- model ----------------------------------------------------------------------------------
     def configure_model(self) -> None:

@@ -60,11 +60,11 @@ class CaptionReward(Reward):
             extracted = self.judge.extract_events([parsed[i].answer for i in index])
             refs = [samples[i].get("caption") or " ".join(events[i]) for i in index]
             precision_hits = self._entail([(ref, ex.items or []) for ref, ex in zip(refs, extracted)])
-            precision_hits = [None if ex.items is None else hits for ex, hits in zip(extracted, precision_hits)]
+            precision_hits = [(None, ex.error) if ex.items is None else hits for ex, hits in zip(extracted, precision_hits)]
         for k, i in enumerate(index):
-            rec, prec = recall_hits[k], precision_hits[k] if self.metric == "f1" else []
+            (rec, rec_err), (prec, prec_err) = recall_hits[k], precision_hits[k] if self.metric == "f1" else ([], None)
             if rec is None or prec is None:
-                failures.append((i, "judge failed"))
+                failures.append((i, f"judge failed: {rec_err or prec_err}"))
                 excluded[i] = self.on_failure == "exclude"
                 continue
             coverage[i] = sum(rec) / len(rec) if events[i] else 1.0
@@ -79,10 +79,10 @@ class CaptionReward(Reward):
             components["precision"] = precision
         return RewardOutput(scores, components, failures, excluded)
 
-    def _entail(self, requests: list[tuple[str, list[str]]]) -> list[list[bool] | None]:
-        """Entailment per request; an empty hypothesis list needs no judge call and gives []."""
+    def _entail(self, requests: list[tuple[str, list[str]]]) -> list[tuple[list[bool] | None, str | None]]:
+        """(hits, error) per request; an empty hypothesis list needs no judge call and gives ([], None)."""
         todo = [k for k, (_, hyps) in enumerate(requests) if hyps]
-        out: list[list[bool] | None] = [[] for _ in requests]
+        out: list[tuple[list[bool] | None, str | None]] = [([], None) for _ in requests]
         for k, result in zip(todo, self.judge.entail_many([requests[k] for k in todo])):
-            out[k] = result.entailed
+            out[k] = (result.entailed, result.error)
         return out
