@@ -100,6 +100,27 @@ def test_resume_restores_step_optimizer_and_rng(tmp_path, tiny_path, shapes_mani
     assert adam_steps == {3}  # 2 restored + 1 new, not a fresh optimizer
 
 
+def test_mid_epoch_resume_continues_with_the_same_batches(tmp_path, tiny_path, shapes_manifest):
+    def run(max_steps, ckpt_path=None, callbacks=()):
+        module = make_module(tiny_path, beta=0.0)
+        seen = []
+        step = module.training_step
+
+        def recording_step(batch, batch_idx):
+            seen.append([r["id"] for r in batch["records"]])
+            return step(batch, batch_idx)
+        module.training_step = recording_step
+        trainer = make_trainer(tmp_path, max_steps, callbacks=list(callbacks), enable_checkpointing=bool(callbacks))
+        trainer.fit(module, datamodule=make_data(tiny_path, shapes_manifest), ckpt_path=ckpt_path)
+        return seen
+
+    straight = run(3)  # 8 train videos, batch 2: steps 1-3 are batches 1-3 of epoch 0
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "mid", save_last=True, every_n_train_steps=1)
+    assert run(2, callbacks=[ckpt]) == straight[:2]
+    resumed = run(3, ckpt_path=str(tmp_path / "mid/last.ckpt"), callbacks=[ModelCheckpoint(dirpath=tmp_path / "mid")])
+    assert resumed == straight[2:3]
+
+
 @pytest.mark.parametrize("loss_type, iterations", [("dapo", 2), ("dr_grpo", 1)])
 def test_other_losses_and_multiple_iterations_run(tmp_path, tiny_path, shapes_manifest, loss_type, iterations):
     module = make_module(tiny_path, loss_type=loss_type, num_iterations=iterations, beta=0.0)

@@ -72,7 +72,7 @@ class CaptionPolicyModule(L.LightningModule):
         hp = self.hparams
         self.processor = load_processor(hp.name_or_path)
         self.model = load_policy(hp.name_or_path, hp.dtype, hp.attn_implementation, hp.gradient_checkpointing,
-                                 hp.freeze_vision, hp.peft, hp.load_in_4bit)
+                                 hp.freeze_vision, hp.peft, hp.load_in_4bit).train()  # from_pretrained gives eval mode
         trainable, total = count_parameters(self.model)
         log.info("policy %s: %s trainable / %s parameters", hp.name_or_path, f"{trainable:,}", f"{total:,}")
         self.strict_loading = hp.peft is None  # PEFT checkpoints hold only adapter weights

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vcap.data.manifest import read_manifest, records_from_videos
+from vcap.data.sampling import ResumableLoader, ResumableSampler
 from vcap.data.synthetic import ShapesSpec, build_shapes_dataset
 from vcap.data.video import BadVideoError, FrameSampling, decode_frames
 from vcap.prompts import DEFAULT_PROMPT, SYSTEM_PROMPT, build_messages
@@ -71,6 +72,7 @@ class CaptionDataModule(L.LightningDataModule):
         min_pixels / max_pixels: per-frame pixel budget for the processor's resize.
         bad_video: 'skip' (log, count, continue) or 'error' (raise naming the file).
         limit_val: evaluate only the first N validation records.
+        shuffle / seed: training order, a seeded permutation per epoch (resumable mid-epoch).
     """
 
     def __init__(self, manifest: str | None = None, val_manifest: str | None = None,
@@ -78,7 +80,7 @@ class CaptionDataModule(L.LightningDataModule):
                  val_batch_size: int = 8, num_workers: int = 2, pin_memory: bool = False, fps: float | None = 2.0,
                  nframes: int | None = None, min_frames: int = 4, max_frames: int = 32, min_pixels: int = 128 * 28 * 28,
                  max_pixels: int = 360 * 420, prompt: str = DEFAULT_PROMPT, system_prompt: str | None = SYSTEM_PROMPT,
-                 bad_video: str = "skip", limit_val: int | None = None, shuffle: bool = True):
+                 bad_video: str = "skip", limit_val: int | None = None, shuffle: bool = True, seed: int = 0):
         super().__init__()
         if bad_video not in BAD_VIDEO_POLICIES:
             raise ValueError(f"data.bad_video must be one of {BAD_VIDEO_POLICIES}, got {bad_video!r}")
@@ -124,24 +126,35 @@ class CaptionDataModule(L.LightningDataModule):
                     raise ValueError(f"no records for stage '{name}' (check the manifest's 'split' fields)")
                 self.datasets[name] = VideoRecords(records, self.sampling, self.hparams.bad_video)
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader_options(self) -> dict:
         hp = self.hparams
-        return DataLoader(self.datasets[name], batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers,
-                          pin_memory=hp.pin_memory, collate_fn=self.collator, persistent_workers=hp.num_workers > 0)
+        return dict(num_workers=hp.num_workers, pin_memory=hp.pin_memory, collate_fn=self.collator,
+                    persistent_workers=hp.num_workers > 0)
+
+    def _loader(self, name: str, batch_size: int) -> DataLoader:
+        return DataLoader(self.datasets[name], batch_size=batch_size, shuffle=False, **self._loader_options())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("fit", self.hparams.batch_size, self.hparams.shuffle)
+        """Seeded order that a ``--ckpt_path last`` resume continues from the exact batch (single device)."""
+        hp = self.hparams
+        sampler = ResumableSampler(len(self.datasets["fit"]), hp.shuffle, hp.seed)
+        return ResumableLoader(self.datasets["fit"], batch_size=hp.batch_size, sampler=sampler,
+                               batches_done=self._batches_done, **self._loader_options())
+
+    def _batches_done(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader | list:
         if "validate" not in self.datasets:
             return []
-        return self._loader("validate", self.hparams.val_batch_size, False)
+        return self._loader("validate", self.hparams.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", self.hparams.val_batch_size, False)
+        return self._loader("predict", self.hparams.val_batch_size)
 
 
 class ShapesDataModule(CaptionDataModule):
