@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,3 +60,26 @@ class ScriptedServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def scripted_reply(prompt: str, entailed: dict[str, set[str]], fail_on: str | None = None) -> str:
+    """A deterministic judge: extraction splits sentences, entailment looks premises up in ``entailed``,
+    VDC answers 'red' to colour questions and grades 'red' yes/4, anything else no/1."""
+    if fail_on and fail_on in prompt:
+        return "garbage"
+    if "Statements (JSON list)" in prompt:
+        premise = prompt.split("Description:\n")[1].split("\n\nStatements")[0]
+        hyps = json.loads(prompt.split("Statements (JSON list):\n")[1].split("\n\nReply")[0])
+        ok = entailed.get(premise, set())
+        return json.dumps({"verdicts": ["entailment" if h in ok else "neutral" for h in hyps]})
+    if "key events" in prompt or "key objects" in prompt:
+        text = prompt.split("Description:\n")[1].split("\n\nReply")[0]
+        key = "events" if "key events" in prompt else "objects"
+        return json.dumps({key: [s for s in re.split(r"(?<=\.)\s+", text) if s]})
+    if "Answer a question" in prompt:
+        question = prompt.split("Question: ")[1].split("\n")[0]
+        return json.dumps({"answer": "red" if "colour" in question else "unknown"})
+    if "Grade a predicted" in prompt:
+        predicted = prompt.split("Predicted answer: ")[1].split("\n")[0]
+        return json.dumps({"pred": "yes", "score": 4} if predicted == "red" else {"pred": "no", "score": 1})
+    return "?"

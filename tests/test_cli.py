@@ -92,7 +92,7 @@ def test_missing_model_error_says_how_to_get_it(tmp_path):
 
 def test_unknown_bench_lists_valid_names(tmp_path):
     out = vcap("validate", "--bench", "nope", cwd=tmp_path, check=False)
-    assert out.returncode != 0 and "valid: ['shapes']" in out.stderr
+    assert out.returncode != 0 and "valid: ['carebench', 'dream1k', 'shapes', 'vdc']" in out.stderr
 
 
 def test_help_works(tmp_path):

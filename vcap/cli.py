@@ -1,7 +1,8 @@
 """``vcap``: the LightningCLI front end (fit / validate / test / predict) plus ``vcap annotate``.
 
 ``--bench NAME`` is shorthand for ``--config <vcap>/benches/NAME.yaml``, which selects a benchmark's
-datamodule and metrics; later arguments still override it. ``vcap annotate --help`` describes the
+datamodule and metrics; later arguments still override it; ``--limit N`` evaluates its first N samples.
+``vcap annotate --help`` describes the
 manifest annotator (fills missing events/structure with a judge).
 """
 from __future__ import annotations
@@ -89,6 +90,10 @@ def expand_bench(args: list[str]) -> list[str]:
                 raise SystemExit(f"unknown benchmark {name!r}; valid: {bench_names()}")
             insert_at = 1 if out and out[0] in SUBCOMMANDS else len(out)
             out[insert_at:insert_at] = ["--config", str(path)]
+            continue
+        if arg == "--limit" or arg.startswith("--limit="):  # benchmark subset: shorthand for the data option
+            value, i = (args[i + 1], i + 2) if arg == "--limit" and i + 1 < len(args) else (arg.split("=", 1)[-1], i + 1)
+            out += ["--data.init_args.limit", value]
             continue
         out.append(arg)
         i += 1

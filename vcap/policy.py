@@ -36,6 +36,7 @@ class CaptionPolicyModule(L.LightningModule):
         rewards: reward name -> weight (registry names or 'module:Class'); scored in validation too.
         reward_options: reward name -> constructor options.
         max_new_tokens: generation budget for validation and predict (greedy).
+        generation_kwargs: extra ``generate`` options for validation and predict, e.g. {repetition_penalty: 1.2}.
         export_dir: if set, save the trained model + processor in HF format there when fit ends.
     """
 
@@ -44,7 +45,7 @@ class CaptionPolicyModule(L.LightningModule):
                  load_in_4bit: bool = False, learning_rate: float = 1e-6, weight_decay: float = 0.0,
                  warmup_steps: int = 0, rewards: dict[str, float] | None = None,
                  reward_options: dict[str, dict[str, Any]] | None = None, max_new_tokens: int = 512,
-                 export_dir: str | None = None):
+                 generation_kwargs: dict[str, Any] | None = None, export_dir: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
@@ -108,13 +109,24 @@ class CaptionPolicyModule(L.LightningModule):
 
     def greedy(self, batch: dict) -> list[str]:
         rollout = sample_completions(self.model, batch["inputs"], 1, self.hparams.max_new_tokens, self.eos_token_ids,
-                                     self.tokenizer.pad_token_id, do_sample=False)
+                                     self.tokenizer.pad_token_id, do_sample=False,
+                                     **(self.hparams.generation_kwargs or {}))
         return self.clean(self.decode(rollout.completion_ids))
 
     # -- validation / predict ---------------------------------------------------------------------
+    @property
+    def bench_evaluator(self):
+        """The benchmark evaluator when validating on an official benchmark (``vcap validate --bench``)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return getattr(datamodule, "evaluator", None)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.count_skips(batch)
         if batch["inputs"] is None:
+            return
+        if self.bench_evaluator is not None:  # cached generations are not made again after a restart
+            if self.bench_evaluator.missing(batch["records"]):
+                self.bench_evaluator.add(batch["records"], self.greedy(batch))
             return
         records = batch["records"]
         texts = self.greedy(batch)
@@ -131,6 +143,11 @@ class CaptionPolicyModule(L.LightningModule):
             log.info("val sample %s: %s", records[0].get("id"), texts[0][:300])
 
     def on_validation_epoch_end(self) -> None:
+        if self.bench_evaluator is not None:
+            results = self.bench_evaluator.finish(self.trainer.datamodule.records, self.hparams.name_or_path)
+            for name, value in self.bench_evaluator.metrics(results).items():
+                self.log(f"val/{name}", float(value))
+            return
         for name, value in self.think_f1.compute().items():
             self.log(f"val/think_{name}", value)
         for name, value in self.caption_score.compute().items():

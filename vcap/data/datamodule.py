@@ -44,17 +44,24 @@ class PromptCollator:
     """Builds left-padded prompt batches; skipped videos travel along so the step can count them."""
 
     def __init__(self, processor, prompt: str, system_prompt: str | None, min_pixels: int, max_pixels: int):
-        self.processor = processor
-        self.text = processor.apply_chat_template(build_messages(prompt, system_prompt), tokenize=False,
-                                                  add_generation_prompt=True)
+        self.processor, self.prompt, self.system_prompt = processor, prompt, system_prompt
+        self._texts: dict[str, str] = {}
         self.video_kwargs = {"do_sample_frames": False, "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+
+    def text(self, prompt: str) -> str:
+        """The chat-formatted prompt; a record's own ``prompt`` (benchmarks) overrides the default."""
+        if prompt not in self._texts:
+            self._texts[prompt] = self.processor.apply_chat_template(
+                build_messages(prompt, self.system_prompt), tokenize=False, add_generation_prompt=True)
+        return self._texts[prompt]
 
     def __call__(self, items: list[dict]) -> dict[str, Any]:
         good = [it for it in items if it["frames"] is not None]
         skipped = [{"video": it["record"]["video"], "error": it["error"]} for it in items if it["frames"] is None]
         batch: dict[str, Any] = {"records": [it["record"] for it in good], "skipped": skipped, "inputs": None}
         if good:
-            inputs = self.processor(text=[self.text] * len(good), videos=[it["frames"] for it in good], padding=True,
+            texts = [self.text(it["record"].get("prompt", self.prompt)) for it in good]
+            inputs = self.processor(text=texts, videos=[it["frames"] for it in good], padding=True,
                                     return_tensors="pt", videos_kwargs=self.video_kwargs)
             batch["inputs"] = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         return batch

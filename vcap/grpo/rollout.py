@@ -62,7 +62,7 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> t
 @torch.no_grad()
 def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
                        eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                       do_sample: bool = True) -> Rollout:
+                       do_sample: bool = True, **generate_kwargs) -> Rollout:
     """One batched ``generate`` call for all prompts x G; returns the rollout with repeated inputs."""
     was_training = model.training
     model.eval()
@@ -70,7 +70,7 @@ def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: 
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(do_sample=False)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
                              eos_token_id=eos_token_ids, pad_token_id=pad_token_id, use_cache=True,
-                             suppress_tokens=vision_token_ids(model) or None, **sampling)
+                             suppress_tokens=vision_token_ids(model) or None, **sampling, **generate_kwargs)
     finally:
         model.train(was_training)
     completion_ids = out[:, inputs["input_ids"].shape[1]:]

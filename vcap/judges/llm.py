@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 from vcap.judges.base import EntailmentResult, ExtractionResult, Judge, RatingResult
 from vcap.judges.cache import ReplyCache, cache_key
-from vcap.judges.llm_text import (ReplyError, load_prompts, parse_items, parse_json_object, parse_rating,
-                                  parse_verdicts)
+from vcap.judges.llm_text import (ReplyError, load_prompts, parse_answer, parse_grade, parse_items, parse_json_object,
+                                  parse_rating, parse_verdicts)
 from vcap.rewards.parsing import subjects_from_json
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,25 @@ class LLMJudge(Judge):
         return [EntailmentResult(v, e) for v, e in self.ask(jobs)]
 
     def extract_events(self, texts):
-        jobs = [(self.prompts["extract_events"].format(text=t, max_items=self.max_events),
-                 lambda reply: parse_items(reply, "events")[: self.max_events]) for t in texts]
+        return self._extract(texts, "events")
+
+    def extract_objects(self, texts):
+        return self._extract(texts, "objects")
+
+    def _extract(self, texts, kind: str):
+        jobs = [(self.prompts[f"extract_{kind}"].format(text=t, max_items=self.max_events),
+                 lambda reply: parse_items(reply, kind)[: self.max_events]) for t in texts]
         return [ExtractionResult(v, e) for v, e in self.ask(jobs)]
+
+    def answer_questions(self, texts: list[str], questions: list[str]) -> list[tuple[str | None, str | None]]:
+        """(answer, error) for each question, answered from its text alone (VDC's first step)."""
+        return self.ask([(self.prompts["answer_question"].format(text=t, question=q), parse_answer)
+                         for t, q in zip(texts, questions)])
+
+    def grade_answers(self, questions: list[str], answers: list[str], predictions: list[str]):
+        """((yes/no, 0-5), error) for each predicted answer against the correct one (VDC's second step)."""
+        return self.ask([(self.prompts["grade_answer"].format(question=q, answer=a, prediction=p), parse_grade)
+                         for q, a, p in zip(questions, answers, predictions)])
 
     def rate(self, texts, references):
         jobs = [(self.prompts["rate"].format(text=t, reference=r), parse_rating) for t, r in zip(texts, references)]

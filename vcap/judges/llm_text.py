@@ -25,6 +25,23 @@ PROMPTS = {
         "details, scene cuts and camera motion are not events. At most {max_items} events.\n\n"
         "Description:\n{text}\n\nReply with JSON only: {{\"events\": [\"...\", ...]}}"
     ),
+    "extract_objects": (
+        "List the key objects of this video description, at most {max_items}. Describe each with its attributes "
+        "in 10 words or fewer, one attribute per item, phrased as \"There is/are ...\". Atmosphere, music, "
+        "sounds, scene cuts, camera motion and actions are not objects.\n\nDescription:\n{text}\n\n"
+        "Reply with JSON only: {{\"objects\": [\"...\", ...]}}"
+    ),
+    "answer_question": (
+        "Answer a question about a video using only this description of it. If the description does not say, "
+        "answer that it does not say. Give a short phrase.\n\nDescription:\n{text}\n\nQuestion: {question}\n\n"
+        "Reply with JSON only: {{\"answer\": \"...\"}}"
+    ),
+    "grade_answer": (
+        "Grade a predicted answer to a question about a video against the correct answer. Synonyms and "
+        "paraphrases count as matches.\n\nQuestion: {question}\nCorrect answer: {answer}\n"
+        "Predicted answer: {prediction}\n\n"
+        'Reply with JSON only: {{"pred": "yes" | "no", "score": <integer 0-5>}}'
+    ),
     "rate": (
         "Rate a generated video caption against a reference description of the same video.\n"
         "completeness: how much of the reference's content (subjects, attributes, actions, their order) the "
@@ -122,3 +139,25 @@ def parse_rating(reply: str) -> tuple[float, float]:
             raise ReplyError(f"'{key}' = {value} is outside 0-10")
         out.append(value)
     return out[0], out[1]
+
+
+def parse_answer(reply: str) -> str:
+    answer = parse_json_object(reply).get("answer")
+    if not isinstance(answer, str):
+        raise ReplyError("reply has no 'answer' string")
+    return answer.strip()
+
+
+def parse_grade(reply: str) -> tuple[str, float]:
+    """("yes" | "no", score in [0, 5])."""
+    data = parse_json_object(reply)
+    pred = str(data.get("pred", "")).strip().lower()
+    if pred not in ("yes", "no"):
+        raise ReplyError(f"'pred' must be yes or no, got {pred!r}")
+    try:
+        score = float(data["score"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ReplyError("reply has no numeric 'score'") from err
+    if not 0 <= score <= 5:
+        raise ReplyError(f"score {score} is outside 0-5")
+    return pred, score
