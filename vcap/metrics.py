@@ -71,21 +71,15 @@ class CaptionScore(Metric):
         for key in ("recall", "precision", "escore", "count", "failed"):
             self.add_state(key, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def _entail(self, premises: list[str], hypotheses: list[list[str]]) -> dict[int, list[bool] | None]:
-        """Entailment only where there are hypotheses (an empty side is scored 1 without a call)."""
-        index = [i for i, hyp in enumerate(hypotheses) if hyp]
-        results = self.judge.entail_many([(premises[i], hypotheses[i]) for i in index])
-        return {i: r.entailed for i, r in zip(index, results)}
-
     def update(self, captions: list[str | None], events: list[list[str]], references: list[str]) -> None:
         captions = [c or "" for c in captions]
-        recall_hits = self._entail(captions, events)
+        recall_hits = self.judge.entail_nonempty(list(zip(captions, events)))
         extracted = self.judge.extract_events(captions)
         pred_events = [x.items or [] for x in extracted]
-        precision_hits = self._entail(references, pred_events)
+        precision_hits = self.judge.entail_nonempty(list(zip(references, pred_events)))
         sums = dict(recall=0.0, precision=0.0, escore=0.0, count=0.0, failed=0.0)
         for i, (ev, ex, pe) in enumerate(zip(events, extracted, pred_events)):
-            rec, prec = recall_hits.get(i, []), precision_hits.get(i, [])
+            rec, prec = recall_hits[i][0], precision_hits[i][0]
             if rec is None or prec is None or ex.items is None:
                 sums["failed"] += 1
                 continue

@@ -157,8 +157,7 @@ class CaptionPolicyModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         self.count_skips(batch)
-        out = [{"id": s["record"]["id"], "video": s["video"], "skipped": s["error"]}
-               for s in ({"record": {"id": Path(x["video"]).stem}, **x} for x in batch["skipped"])]
+        out = [{"id": Path(x["video"]).stem, "video": x["video"], "skipped": x["error"]} for x in batch["skipped"]]
         if batch["inputs"] is None:
             return out
         for record, text in zip(batch["records"], self.greedy(batch)):

@@ -46,6 +46,14 @@ class Judge:
     def extract_events(self, texts: list[str]) -> list[ExtractionResult]:
         raise NotImplementedError
 
+    def entail_nonempty(self, requests: list[tuple[str, list[str]]]) -> list[tuple[list[bool] | None, str | None]]:
+        """(hits, error) per request; an empty hypothesis list needs no call and gives ([], None)."""
+        todo = [k for k, (_, hyps) in enumerate(requests) if hyps]
+        out: list[tuple[list[bool] | None, str | None]] = [([], None) for _ in requests]
+        for k, result in zip(todo, self.entail_many([requests[k] for k in todo])):
+            out[k] = (result.entailed, result.error)
+        return out
+
     def rate(self, texts: list[str], references: list[str]) -> list[RatingResult]:
         """Completeness and naturalness of each text against its reference, 0-10 each."""
         raise NotImplementedError(f"judge '{self.name}' cannot rate captions; use an LLM judge ('openai' or 'hf')")

@@ -54,12 +54,12 @@ class CaptionReward(Reward):
         index = [i for i, p in enumerate(parsed) if p.answer is not None]
         failures += [(i, "no <answer> block") for i, p in enumerate(parsed) if p.answer is None]
         events = [sample_events(s) for s in samples]
-        recall_hits = self._entail([(parsed[i].answer, events[i]) for i in index])
+        recall_hits = self.judge.entail_nonempty([(parsed[i].answer, events[i]) for i in index])
         precision_hits = [None] * len(index)
         if self.metric == "f1":
             extracted = self.judge.extract_events([parsed[i].answer for i in index])
             refs = [samples[i].get("caption") or " ".join(events[i]) for i in index]
-            precision_hits = self._entail([(ref, ex.items or []) for ref, ex in zip(refs, extracted)])
+            precision_hits = self.judge.entail_nonempty([(ref, ex.items or []) for ref, ex in zip(refs, extracted)])
             precision_hits = [(None, ex.error) if ex.items is None else hits for ex, hits in zip(extracted, precision_hits)]
         for k, i in enumerate(index):
             (rec, rec_err), (prec, prec_err) = recall_hits[k], precision_hits[k] if self.metric == "f1" else ([], None)
@@ -78,11 +78,3 @@ class CaptionReward(Reward):
         if self.metric == "f1":
             components["precision"] = precision
         return RewardOutput(scores, components, failures, excluded)
-
-    def _entail(self, requests: list[tuple[str, list[str]]]) -> list[tuple[list[bool] | None, str | None]]:
-        """(hits, error) per request; an empty hypothesis list needs no judge call and gives ([], None)."""
-        todo = [k for k, (_, hyps) in enumerate(requests) if hyps]
-        out: list[tuple[list[bool] | None, str | None]] = [([], None) for _ in requests]
-        for k, result in zip(todo, self.judge.entail_many([requests[k] for k in todo])):
-            out[k] = (result.entailed, result.error)
-        return out
