@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from vcap.judges import build_judge
+from vcap.judges import Judge, build_judge
 from vcap.rewards.caption import escore
 from vcap.rewards.matching import f1_from_counts
 from vcap.rewards.parsing import Subject
@@ -21,9 +21,12 @@ class ThinkF1(Metric):
     full_state_update = False
     _KEYS = ("attr_tp", "attr_pred", "attr_gt", "act_tp", "act_pred", "act_gt", "parsed", "total")
 
-    def __init__(self, matcher: str = "exact", subject_threshold: float = 0.5, item_threshold: float = 0.5, **kwargs):
+    def __init__(self, matcher: str = "exact", subject_threshold: float = 0.5, item_threshold: float = 0.5,
+                 scorer: ThinkScorer | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.scorer = ThinkScorer(matcher=matcher, subject_threshold=subject_threshold, item_threshold=item_threshold)
+        # a scorer shared with the think reward loads its embedding model once
+        self.scorer = scorer or ThinkScorer(matcher=matcher, subject_threshold=subject_threshold,
+                                            item_threshold=item_threshold)
         for key in self._KEYS:
             self.add_state(key, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -63,10 +66,11 @@ class CaptionScore(Metric):
 
     full_state_update = False
 
-    def __init__(self, judge: str = "lexical", judge_options: dict | None = None, mode: str = "step",
+    def __init__(self, judge: str | Judge = "lexical", judge_options: dict | None = None, mode: str = "step",
                  low: float = 0.28, high: float = 0.35, **kwargs):
         super().__init__(**kwargs)
-        self.judge = build_judge(judge, **(judge_options or {}))
+        # a Judge instance (e.g. the caption reward's) shares its client, model and cache
+        self.judge = judge if isinstance(judge, Judge) else build_judge(judge, **(judge_options or {}))
         self.mode, self.low, self.high = mode, low, high
         for key in ("recall", "precision", "escore", "count", "failed"):
             self.add_state(key, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")

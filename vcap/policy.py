@@ -49,12 +49,16 @@ class CaptionPolicyModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
+        # validation metrics reuse the rewards' scorer and judge (one embedding model, one client and cache)
         caption_opts = (reward_options or {}).get("caption", {})
         think_opts = (reward_options or {}).get("think", {})
-        self.think_f1 = ThinkF1(**{k: think_opts[k] for k in ("matcher", "subject_threshold", "item_threshold")
+        think_reward = self.reward_set.rewards.get("think")
+        caption_reward = self.reward_set.rewards.get("caption")
+        self.think_f1 = ThinkF1(scorer=getattr(think_reward, "scorer", None),
+                                **{k: think_opts[k] for k in ("matcher", "subject_threshold", "item_threshold")
                                    if k in think_opts})
-        self.caption_score = CaptionScore(judge=caption_opts.get("judge", "lexical"),
-                                          judge_options=caption_opts.get("judge_options"),
+        caption_judge = getattr(caption_reward, "judge", None) or caption_opts.get("judge", "lexical")
+        self.caption_score = CaptionScore(judge=caption_judge, judge_options=caption_opts.get("judge_options"),
                                           mode=caption_opts.get("mode", "step"))
         self.model = None
         self.processor = None
