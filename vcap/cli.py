@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from vcap.callbacks import JsonlPredictionWriter, ValidationReport
+from vcap.plots import TrainingCurves
 from vcap.data.datamodule import CaptionDataModule
 from vcap.policy import CaptionPolicyModule
 
@@ -38,6 +39,8 @@ class VcapTrainer(Trainer):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if not any(isinstance(c, ValidationReport) for c in callbacks):
             callbacks.append(ValidationReport())
+        if not any(isinstance(c, TrainingCurves) for c in callbacks):
+            callbacks.append(TrainingCurves())
         if not any(isinstance(c, RichProgressBar) for c in callbacks) and kwargs.get("enable_progress_bar", True):
             callbacks.append(RichProgressBar())
         super().__init__(*args, callbacks=callbacks, **kwargs)
@@ -113,6 +116,10 @@ def main(args: list[str] | None = None) -> None:
         from vcap.annotate import main as annotate_main
 
         return annotate_main(raw[1:])
+    if raw[:1] == ["compare"]:
+        from vcap.compare import main as compare_main
+
+        return compare_main(raw[1:])
     if args is None:  # LightningCLI reads sys.argv itself; rewrite it so --bench works there too
         sys.argv[1:] = expand_bench(sys.argv[1:])
         argv = None

@@ -1,6 +1,8 @@
 """``SFTModule``: supervised warm start on structured-thinking targets built from the manifest."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from vcap.grpo.rollout import token_logprobs
@@ -13,17 +15,33 @@ class SFTModule(CaptionPolicyModule):
 
     Args:
         max_target_length: targets longer than this many tokens are truncated.
+        learning_rate: AdamW learning rate (SFT default 1e-5).
+        target_source: 'sft' trains on a record's ``sft_structure`` / ``sft_caption`` when present (e.g. human
+            captions that omit details, while ``structure`` / ``caption`` hold the complete ground truth that
+            the rewards score against), else on ``structure`` / ``caption``; 'reference' always on the latter.
     """
 
-    def __init__(self, max_target_length: int = 512, learning_rate: float = 1e-5, **kwargs):
+    def __init__(self, max_target_length: int = 512, learning_rate: float = 1e-5,
+                 target_source: Literal["sft", "reference"] = "sft", **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
+        if target_source not in ("sft", "reference"):
+            raise ValueError(f"--model.init_args.target_source must be 'sft' or 'reference', got {target_source!r}")
+
+    def target_fields(self, record: dict) -> tuple[list, str]:
+        """(structure, caption) that this record teaches."""
+        use_sft = self.hparams.target_source == "sft"
+        structure = record.get("sft_structure", record.get("structure")) if use_sft else record.get("structure")
+        caption = record.get("sft_caption", record.get("caption")) if use_sft else record.get("caption")
+        if structure is None or caption is None:
+            raise KeyError(f"SFT needs 'structure' and 'caption' (or 'sft_structure' and 'sft_caption') in every "
+                           f"record; {record.get('id')} lacks one")
+        return structure, caption
 
     def targets(self, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         texts = []
         for r in records:
-            if "structure" not in r or "caption" not in r:
-                raise KeyError(f"SFT needs 'structure' and 'caption' in every record; {r.get('id')} lacks one")
-            texts.append(format_target(subjects_from_json(r["structure"]), r["caption"]) + self.tokenizer.eos_token)
+            structure, caption = self.target_fields(r)
+            texts.append(format_target(subjects_from_json(structure), caption) + self.tokenizer.eos_token)
         enc = self.tokenizer(texts, add_special_tokens=False, padding="longest", padding_side="right",
                              truncation=True, max_length=self.hparams.max_target_length, return_tensors="pt")
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)

@@ -3,6 +3,13 @@
 Each clip holds 1-2 different shapes with a colour and a size; each shape does one action. Clips are
 real H.264 mp4 files written with PyAV, described by a JSONL manifest in the same format users write
 for their own data (see README, "Manifest format").
+
+Every record carries the complete ground truth (``caption``, ``structure``, ``events``) that the rewards
+and metrics score against, and human-style SFT targets (``sft_caption``, ``sft_structure``) that, like
+real reference captions, leave things out: annotators always describe one shape, its colour and what it
+does, but mention its size only ``SIZE_MENTION`` of the time and a second shape only ``EXTRA_MENTION`` of
+the time. SFT imitates those omissions; the GRPO rewards ask for everything that happened. That gap is
+the paper's setting in miniature (see configs/demo.yaml).
 """
 from __future__ import annotations
 
@@ -109,12 +116,30 @@ def sample_specs(rng: random.Random, size: int) -> list[ShapeSpec]:
     return specs
 
 
-def describe(specs: list[ShapeSpec]) -> dict:
-    return {
-        "caption": " ".join(f"A {s.size} {s.color} {s.shape} {s.action}." for s in specs),
-        "structure": [{"subject": s.shape, "attributes": [s.color, s.size], "actions": [s.action]} for s in specs],
-        "events": [f"the {s.color} {s.shape} {s.action}" for s in specs],
-    }
+SIZE_MENTION = 0.3   # share of human-style targets that state a described shape's size
+EXTRA_MENTION = 0.3  # share that describe a second shape at all
+
+
+def _caption(specs: list[ShapeSpec], with_size: list[bool]) -> str:
+    return " ".join(f"A {s.size + ' ' if sized else ''}{s.color} {s.shape} {s.action}."
+                    for s, sized in zip(specs, with_size))
+
+
+def _structure(specs: list[ShapeSpec], with_size: list[bool]) -> list[dict]:
+    return [{"subject": s.shape, "attributes": [s.color, s.size] if sized else [s.color], "actions": [s.action]}
+            for s, sized in zip(specs, with_size)]
+
+
+def describe(specs: list[ShapeSpec], rng: random.Random | None = None) -> dict:
+    """Complete ground truth, plus human-style SFT targets drawn with ``rng`` (complete when ``rng`` is None)."""
+    full = [True] * len(specs)
+    out = {"caption": _caption(specs, full), "structure": _structure(specs, full),
+           "events": [f"the {s.color} {s.shape} {s.action}" for s in specs]}
+    if rng is not None:
+        mentioned = specs[:1] + [s for s in specs[1:] if rng.random() < EXTRA_MENTION]
+        sized = [rng.random() < SIZE_MENTION for _ in mentioned]
+        out["sft_caption"], out["sft_structure"] = _caption(mentioned, sized), _structure(mentioned, sized)
+    return out
 
 
 @dataclass(frozen=True)
@@ -125,6 +150,7 @@ class ShapesSpec:
     size: int = 56
     num_frames: int = 8
     fps: int = 4
+    version: int = 2  # bumped when records change, so cached datasets are rebuilt (2: human-style SFT targets)
 
 
 def build_shapes_dataset(root: str | Path, spec: ShapesSpec = ShapesSpec()) -> Path:
@@ -138,11 +164,12 @@ def build_shapes_dataset(root: str | Path, spec: ShapesSpec = ShapesSpec()) -> P
     # each split has its own random stream, so val is the same held-out set whatever num_train is
     for split, count in (("train", spec.num_train), ("val", spec.num_val)):
         rng = random.Random(f"shapes-{spec.seed}-{split}")
+        annotator = random.Random(f"shapes-{spec.seed}-{split}-annotator")  # omissions never change the videos
         for i in range(count):
             specs = sample_specs(rng, spec.size)
             rel = f"videos/{split}-{i:05d}.mp4"
             write_mp4(render_clip(specs, spec.size, spec.num_frames), root / rel, spec.fps)
-            records.append({"id": f"shapes-{split}-{i:05d}", "video": rel, **describe(specs), "split": split,
+            records.append({"id": f"shapes-{split}-{i:05d}", "video": rel, **describe(specs, annotator), "split": split,
                             "seed": spec.seed})
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import torch
 
-from vcap.model.tiny import TINY_NAME, ensure_tiny
+from vcap.model.tiny import GEOMETRIES, ensure_tiny
 
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED = {
-    TINY_NAME: "random-weight tiny Qwen2-VL, built on first use",
+    "vcap-tiny": "random-weight tiny Qwen2-VL for tests, built on first use",
     "vcap-tiny-sft": "vcap-tiny after the demo SFT warm start (configs/demo/sft.yaml), shipped in vcap/assets",
+    "vcap-demo": "random-weight small Qwen2-VL (hidden 128, head_dim 32), built on first use",
 }
 # LoRA goes on the language model's linear layers only; the ViT stays as it is by default.
 LANGUAGE_MODEL_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -25,8 +26,8 @@ class ModelNotFoundError(RuntimeError):
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    if name_or_path == TINY_NAME:
-        return str(ensure_tiny())
+    if name_or_path in GEOMETRIES:
+        return str(ensure_tiny(name_or_path))
     if name_or_path in EMBEDDED:
         path = ASSETS / name_or_path
         if not (path / "config.json").exists():

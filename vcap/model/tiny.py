@@ -13,9 +13,14 @@ import torch
 from filelock import FileLock
 
 from vcap.data.synthetic import vocabulary_corpus
-from vcap.prompts import DEFAULT_PROMPT, SYSTEM_PROMPT
+from vcap.prompts import DEFAULT_PROMPT, SHAPES_PROMPT, SYSTEM_PROMPT
 
 TINY_NAME = "vcap-tiny"
+DEMO_NAME = "vcap-demo"
+# Geometries of the embedded random models: vcap-tiny keeps tests fast; vcap-demo is a larger candidate for
+# the demo (head_dim 32, which vLLM's CPU attention needs).
+GEOMETRIES = {TINY_NAME: dict(hidden=64, layers=2, vision_depth=2),
+              DEMO_NAME: dict(hidden=128, layers=3, vision_depth=2)}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>", "<think>", "</think>", "<answer>", "</answer>"]
 CHAT_TEMPLATE = (
@@ -43,7 +48,7 @@ def build_tokenizer(vocab_size: int = 600):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    corpus = vocabulary_corpus() + [DEFAULT_PROMPT, SYSTEM_PROMPT, "system user assistant"]
+    corpus = vocabulary_corpus() + [DEFAULT_PROMPT, SYSTEM_PROMPT, SHAPES_PROMPT, "system user assistant"]
     tok.train_from_iterator(corpus * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
@@ -59,7 +64,7 @@ def build_processor(tokenizer, pixels: int = TINY_PIXELS):
                             tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_config(tokenizer, hidden: int = 64, layers: int = 2):
+def build_config(tokenizer, hidden: int = 64, layers: int = 2, vision_depth: int = 2):
     from transformers import Qwen2VLConfig
 
     ids = tokenizer.convert_tokens_to_ids
@@ -69,22 +74,22 @@ def build_config(tokenizer, hidden: int = 64, layers: int = 2):
                 eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), tie_word_embeddings=True,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                  "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]})
-    vision = dict(depth=2, embed_dim=hidden, hidden_size=hidden, num_heads=4, mlp_ratio=2, in_channels=3,
+    vision = dict(depth=vision_depth, embed_dim=hidden, hidden_size=hidden, num_heads=4, mlp_ratio=2, in_channels=3,
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
                          video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
                          vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=True)
 
 
-def build_tiny(path: str | Path, seed: int = 0) -> Path:
-    """Build and save the tiny model, tokenizer and processor to ``path``; deterministic in ``seed``."""
+def build_tiny(path: str | Path, seed: int = 0, name: str = TINY_NAME) -> Path:
+    """Build and save the embedded model ``name`` with tokenizer and processor to ``path``; deterministic in ``seed``."""
     from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
 
     path = Path(path)
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(build_config(tokenizer))
+    model = Qwen2VLForConditionalGeneration(build_config(tokenizer, **GEOMETRIES[name]))
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
     tmp = path.with_name(path.name + ".tmp")
@@ -95,10 +100,12 @@ def build_tiny(path: str | Path, seed: int = 0) -> Path:
 
 
 def ensure_tiny(name: str = TINY_NAME) -> Path:
-    """Return the cached ``vcap-tiny`` directory, building it once (process-safe)."""
+    """Return the cached directory of the embedded random model ``name``, building it once (process-safe)."""
+    if name not in GEOMETRIES:
+        raise ValueError(f"unknown embedded random model {name!r}; valid: {sorted(GEOMETRIES)}")
     path = cache_root() / "models" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not (path / "config.json").exists():
-            build_tiny(path)
+            build_tiny(path, name=name)
     return path

@@ -1,0 +1,160 @@
+"""``vcap compare``: the paper's comparison on the same held-out videos — warm start, more SFT, GRPO.
+
+For each seed: GRPO trains with ``grpo_config`` (its pre-fit validation scores the warm start); SFT
+then continues from the same warm start on the same training videos with ``sft_config`` until it has
+spent as many seconds in training steps as GRPO did (data loading and validation are not counted for
+either). All three are validated on the same held-out set and printed side by side; with several
+seeds the table shows mean ± std. Results go to ``<output>/compare.json`` and ``compare.png``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+COLUMNS = ("warm start", "SFT-continued", "GRPO")
+SHOWN = ("think_f1", "think_attribute_f1", "think_action_f1", "caption_event_f1", "caption_event_recall",
+         "caption_event_precision", "reward")
+
+
+class TrainClock(L.Callback):
+    """Seconds spent inside training steps; with ``budget_seconds`` it stops fit once they are spent."""
+
+    def __init__(self, budget_seconds: float | None = None):
+        self.budget_seconds = budget_seconds
+        self.seconds = 0.0
+        self.steps = 0
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.steps += 1
+        if self.budget_seconds is not None and self.seconds >= self.budget_seconds:
+            trainer.should_stop = True
+
+
+def _fit(config: str, seed: int, output: Path, name: str, clock: TrainClock) -> tuple[dict, dict]:
+    """Fit one recipe in-process; returns (metrics before training or {}, metrics after) on its val set."""
+    from vcap.cli import VcapCLI, VcapTrainer
+    from vcap.data.datamodule import CaptionDataModule
+    from vcap.policy import CaptionPolicyModule
+
+    args = ["--config", config, "--seed_everything", str(seed),
+            "--trainer.logger.init_args.save_dir", str(output), "--trainer.logger.init_args.name", name]
+    cli = VcapCLI(CaptionPolicyModule, CaptionDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                  trainer_class=VcapTrainer, args=args, run=False)
+    trainer = cli.trainer
+    trainer.callbacks.append(clock)
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    report = next(c for c in trainer.callbacks if type(c).__name__ == "ValidationReport")
+    before = next((r["metrics"] for r in report.runs if r["label"] == "start"), {})
+    last = report.runs[-1] if report.runs else None
+    if last is None or last["global_step"] != trainer.global_step:  # stopped between validations
+        trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+        last = report.runs[-1]
+    return before, {**last["metrics"], "train_seconds": clock.seconds, "train_steps": clock.steps}
+
+
+def run_seed(grpo_config: str, sft_config: str, seed: int, output: Path) -> dict[str, dict]:
+    grpo_clock = TrainClock()
+    warm, grpo = _fit(grpo_config, seed, output, f"seed{seed}/grpo", grpo_clock)
+    if not warm:
+        raise ValueError(f"{grpo_config} must set trainer.validate_before_fit: true, so the warm start is scored")
+    log.info("seed %d: GRPO spent %.1f s in %d training steps; SFT gets the same", seed, grpo_clock.seconds,
+             grpo_clock.steps)
+    _, sft = _fit(sft_config, seed, output, f"seed{seed}/sft", TrainClock(budget_seconds=grpo_clock.seconds))
+    return {"warm start": warm, "SFT-continued": sft, "GRPO": grpo}
+
+
+def summarize(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, dict[str, float]]]:
+    """column -> metric -> {mean, std, values} over seeds (std 0 for a single seed)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for column in COLUMNS:
+        keys = sorted(set.intersection(*(set(run[column]) for run in per_seed)))
+        out[column] = {}
+        for key in keys:
+            values = [float(run[column][key]) for run in per_seed]
+            out[column][key] = {"mean": statistics.fmean(values),
+                                "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+    return out
+
+
+def print_table(summary: dict, seeds: list[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"held-out comparison, seeds {seeds} (mean ± std)")
+    table.add_column("metric")
+    for column in COLUMNS:
+        table.add_column(column, justify="right")
+    keys = [k for k in SHOWN if all(k in summary[c] for c in COLUMNS)] + ["train_seconds", "train_steps"]
+    for key in keys:
+        cells = []
+        for column in COLUMNS:
+            cell = summary[column].get(key)
+            cells.append("-" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}")
+        table.add_row(key, *cells)
+    Console().print(table)
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in SHOWN[:-1] if all(k in summary[c] for c in COLUMNS)]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(COLUMNS)
+    for i, column in enumerate(COLUMNS):
+        xs = [k + i * width for k in range(len(keys))]
+        ax.bar(xs, [summary[column][k]["mean"] for k in keys], width, yerr=[summary[column][k]["std"] for k in keys],
+               capsize=3, label=column)
+    ax.set_xticks([k + width for k in range(len(keys))], keys, rotation=15, fontsize=8)
+    ax.set(title="held-out metrics: warm start vs SFT-continued vs GRPO (matched training time)", ylabel="score")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/demo/sft_continue.yaml",
+            seeds: list[int] = [0], output: str = "runs/demo-compare") -> dict:
+    """Run the comparison and print the table.
+
+    Args:
+        grpo_config: the GRPO recipe (must validate before fit, so the warm start is scored).
+        sft_config: the SFT recipe continuing from the same warm start on the same training videos.
+        seeds: one full comparison per seed; several seeds give mean ± std.
+        output: folder for the runs, compare.json and compare.png.
+    """
+    for flag, path in (("--grpo_config", grpo_config), ("--sft_config", sft_config)):
+        if not Path(path).is_file():
+            raise SystemExit(f"{flag}: no such config file {path!r}")
+    out = Path(output)
+    per_seed = []
+    for seed in seeds:
+        per_seed.append(run_seed(grpo_config, sft_config, seed, out))
+        summary = summarize(per_seed)  # written after every seed: finished seeds are never lost
+        (out / "compare.json").write_text(json.dumps(
+            {"seeds": seeds[: len(per_seed)], "grpo_config": grpo_config, "sft_config": sft_config,
+             "per_seed": per_seed, "summary": summary}, indent=2))
+    print_table(summary, seeds)
+    plot(summary, out / "compare.png")
+    log.info("comparison written to %s and %s", out / "compare.json", out / "compare.png")
+    return summary
+
+
+def main(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    CLI(compare, args=args)
