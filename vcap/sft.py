@@ -13,6 +13,7 @@ class SFTModule(CaptionPolicyModule):
 
     Args:
         max_target_length: targets longer than this many tokens are truncated.
+        learning_rate: peak learning rate of AdamW (higher than GRPO's: SFT targets are exact).
     """
 
     def __init__(self, max_target_length: int = 512, learning_rate: float = 1e-5, **kwargs):
