@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from vcap.callbacks import JsonlPredictionWriter, ValidationReport, VcapProgressBar
@@ -39,10 +39,12 @@ class VcapTrainer(Trainer):
     Args:
         validate_before_fit: validate the starting model before training, so the report shows it
             beside the trained one (skipped when resuming from a checkpoint).
+        callbacks: Lightning callbacks, e.g. ModelCheckpoint (vcap adds its validation report and progress bar).
     """
 
-    def __init__(self, *args: Any, validate_before_fit: bool = False, **kwargs: Any):
-        callbacks = list(kwargs.pop("callbacks", None) or [])
+    def __init__(self, *args: Any, validate_before_fit: bool = False,
+                 callbacks: list[Callback] | Callback | None = None, **kwargs: Any):
+        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
         if not any(isinstance(c, ValidationReport) for c in callbacks):
             callbacks.append(ValidationReport())
         if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, VcapProgressBar) for c in callbacks):
