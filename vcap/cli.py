@@ -197,11 +197,22 @@ def parser_kwargs() -> dict[str, Any]:
     return {"description": __doc__, "exit_on_error": False, **{s: {"exit_on_error": False} for s in SUBCOMMANDS}}
 
 
+def run_annotate(args: list[str]) -> None:
+    from jsonargparse import CLI, ArgumentError
+
+    from vcap.annotate import annotate
+
+    try:
+        CLI(annotate, args=args, as_positional=False, exit_on_error=False, prog="vcap annotate")
+    except ArgumentError as err:
+        raise UsageError(simplify_parser_message(str(err))) from err
+    except (FileNotFoundError, ValueError) as err:  # missing or malformed input manifest, unknown field names
+        raise UsageError(f"vcap annotate: {one_line(err)}") from err
+
+
 def run(args: list[str], from_sys_argv: bool) -> None:
     if args[:1] == ["annotate"]:
-        from vcap.annotate import main as annotate_main
-
-        return annotate_main(args[1:])
+        return run_annotate(args[1:])
     from vcap.bench.datamodule import BenchDataModule  # noqa: F401  (short names: --data BenchDataModule)
     from vcap.data.datamodule import CaptionDataModule, ShapesDataModule  # noqa: F401
     from vcap.grpo.module import GRPOModule  # noqa: F401  (short names: --model GRPOModule)
