@@ -4,6 +4,7 @@ import json
 import av
 import numpy as np
 import pytest
+
 from vcap.data.datamodule import CaptionDataModule, VideoRecords
 from vcap.data.manifest import ManifestError, read_manifest, records_from_videos
 from vcap.data.video import BadVideoError, FrameSampling, decode_frames
@@ -121,7 +122,8 @@ GOOD = {"video": "a.mp4", "caption": "A red circle moves.", "events": ["the circ
 @pytest.mark.parametrize("change, expected", [
     (lambda r: r.update(evnts=r.pop("events")), r"m.jsonl:2: unknown field 'evnts'; did you mean 'events'\?"),
     (lambda r: r.update(captoin=r.pop("caption")), r"m.jsonl:2: unknown field 'captoin'; did you mean 'caption'\?"),
-    (lambda r: r.update(split="vall"), r"m.jsonl:2: field 'split': 'vall' is not one of 'train', 'val'; did you mean 'val'\?"),
+    (lambda r: r.update(split="vall"),
+     r"m.jsonl:2: field 'split': 'vall' is not one of 'train', 'val'; did you mean 'val'\?"),
     (lambda r: r["structure"][0].update(subjcet=r["structure"][0].pop("subject")),
      r"m.jsonl:2: unknown field 'structure\[0\].subjcet'; did you mean 'subject'\?"),
     (lambda r: r["structure"][0].update(actions="moves"), r"m.jsonl:2: field 'structure\[0\].actions' must be a list"),

@@ -159,7 +159,8 @@ def _value(args: list[str], i: int, flag: str) -> tuple[str, int]:
     if "=" in args[i]:
         return args[i].split("=", 1)[1], i + 1
     if i + 1 >= len(args) or args[i + 1].startswith("--"):
-        raise UsageError(f"{flag} needs a value" + (f"; valid: {', '.join(bench_names())}" if flag == "--bench" else ""))
+        valid = f"; valid: {', '.join(bench_names())}" if flag == "--bench" else ""
+        raise UsageError(f"{flag} needs a value{valid}")
     return args[i + 1], i + 2
 
 

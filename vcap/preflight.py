@@ -6,6 +6,7 @@ wrong path or a missing GPU must fail before any of that, in seconds, with one l
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,8 @@ def preflight(subcommand: str, cfg: Any) -> None:
                             ckpt_problem(_get(cfg, "ckpt_path"))) if p]
     data_cfg = _get(cfg, "data")
     builds = getattr(_class_or_none(data_cfg), "builds_inputs", False)
-    if not problems or not builds:
+    other_rank = os.environ.get("LOCAL_RANK", "0") != "0"  # rank 0 builds generated inputs, as prepare_data does
+    if not builds or (not problems and not other_rank):
         problem = data_problem(data_cfg, model_cfg, subcommand)
         problems += [problem] if problem else []
     if problems:

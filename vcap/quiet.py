@@ -26,7 +26,7 @@ NOISY_WARNINGS: tuple[tuple[str, str], ...] = (
     (r".*`max_length` is ignored when `padding`=`True`", "the Qwen2-VL processor passes max_length for every batch"),
     (r".*module\(s\) in eval mode at the start of training", "the frozen reference model is in eval mode on purpose"),
     (r".*does not have many workers which may be a bottleneck", "num_workers is the user's choice, set in the config"),
-    (r"No seed found, seed set to", "bench configs leave seed_everything unset on purpose; greedy decoding needs no seed"),
+    (r"No seed found, seed set to", "bench configs leave seed_everything unset: greedy decoding needs no seed"),
     (r".*The `srun` command is available on your system", "SLURM hint irrelevant to single-node runs"),
 )
 
