@@ -183,9 +183,23 @@ def test_optimizer_option_says_where_the_optimizer_is_set(tmp_path):
      "--model.init_args.num_generation is not an option of GRPOModule; did you mean 'num_generations'?"),
     (["--model", "GRPOModul"], "--model GRPOModul: no such class; did you mean 'GRPOModule'?"),
     (["--model.init_args.num_generations", "1"], "bad configuration: num_generations must be >= 2"),
+    (["--data.init_args.batch_size", "two"], "--data.init_args.batch_size: expected int, got 'two'"),
+    (["--ckpt_path", "nope.ckpt"], "--ckpt_path nope.ckpt: no such checkpoint file"),
 ])
 def test_bad_options_are_one_line(user_error_in_process, args, expected):
     (line,) = user_error_in_process("fit", "--config", ROOT / "configs/demo.yaml", *args)
+    assert line.startswith(expected), line
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], 'expected "subcommand" to be one of {fit,validate,test,predict,annotate}'),
+    (["fit"], "missing --data and --model: start from a recipe, e.g. --config configs/demo.yaml"),
+    (["predict", "--config", ROOT / "vcap/benches/shapes.yaml"], "vcap predict needs --data.init_args.predict_videos"),
+    (["validate", "--bench"], "--bench needs a value; valid: carebench, dream1k, shapes, vdc"),
+    (["annotate", "--input", "missing.jsonl", "--output", "out.jsonl"], "vcap annotate: manifest not found"),
+])
+def test_incomplete_commands_are_one_line(user_error_in_process, args, expected):
+    (line,) = user_error_in_process(*args)
     assert line.startswith(expected), line
 
 

@@ -115,6 +115,11 @@ def simplify_parser_message(text: str, options: list[str] | None = None) -> str:
         valid = _subclass_names(BASES.get(group, ""))
         return (f"--{group} {m[1]}: no such class{did_you_mean(m[1], valid)}"
                 + (f" (valid: {', '.join(valid)}, or a full import path)" if valid else ""))
+    if m := re.search(r"the following arguments are required: (.*)", leaf):
+        flags = [f"--{name.split('.', 1)[-1]}" for name in re.split(r",\s*", m[1].strip())]
+        hint = (": start from a recipe, e.g. --config configs/demo.yaml, or name the classes, e.g. "
+                "--model GRPOModule --data ShapesDataModule") if {"--model", "--data"} & set(flags) else ""
+        return f"missing {' and '.join(flags)}{hint}"
     if m := re.search(r"[Uu]nrecognized arguments: (\S+)", leaf):
         option = m[1].split("=", 1)[0]
         return f"unknown option {option}{did_you_mean(option, options or [])}"
