@@ -1,18 +1,23 @@
-"""End-to-end CLI: fit -> validate --bench -> predict on the tiny default, plus config printing and errors."""
+"""End-to-end CLI: fit -> validate --bench -> predict on the tiny default, config printing, and the one-line
+message of every user error (run as a subprocess: exit 2, no traceback, nothing written)."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
+
+from vcap.cli import main
+from vcap.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def vcap(*args, cwd, check=True):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+def vcap(*args, cwd, check=True, env=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run([sys.executable, "-m", "vcap.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
     if check and proc.returncode != 0:
@@ -27,10 +32,11 @@ def small_shapes(root):
 
 def test_fit_validate_predict_on_tiny_default(tmp_path):
     shapes = small_shapes(tmp_path / "shapes")
-    vcap("fit", "--config", ROOT / "configs/demo.yaml", *shapes, "--trainer.max_steps", "2",
+    first = vcap("fit", "--config", ROOT / "configs/demo.yaml", *shapes, "--trainer.max_steps", "2",
          "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1", "--model.init_args.num_generations", "2",
          "--model.init_args.max_completion_length", "16", "--model.init_args.max_new_tokens", "16",
          "--data.init_args.batch_size", "2", "--data.init_args.val_batch_size", "4", cwd=tmp_path)
+    assert_quiet(first.stdout + first.stderr)
     run_dir = tmp_path / "runs/demo-grpo/version_0"
     report = json.loads((run_dir / "validation.json").read_text())
     assert [r["label"] for r in report["runs"]] == ["start", "step 2"]  # warm start beside the trained policy
@@ -42,8 +48,9 @@ def test_fit_validate_predict_on_tiny_default(tmp_path):
     last = run_dir / "checkpoints/last.ckpt"
     assert last.exists()
 
-    out = vcap("validate", "--bench", "shapes", *shapes, "--ckpt_path", last, cwd=tmp_path)
+    out = vcap("validate", "--bench", "shapes", *shapes, "--ckpt_path", last, "--limit", "2", cwd=tmp_path)
     assert "think_f1" in out.stdout and "caption_escore" in out.stdout
+    assert_quiet(out.stdout + out.stderr)
     assert (tmp_path / "runs/validate-shapes/version_0/validation.json").exists()
 
     videos = tmp_path / "shapes/videos"
@@ -83,17 +90,137 @@ def test_print_config_of_paper_recipe_and_lora_swap(tmp_path):
     assert peft["class_path"] == "peft.LoraConfig" and peft["init_args"]["r"] == 64
 
 
-def test_missing_model_error_says_how_to_get_it(tmp_path):
-    out = vcap("validate", "--bench", "shapes", "--model.init_args.name_or_path", tmp_path / "no-such-model",
-               *small_shapes(tmp_path / "shapes"), cwd=tmp_path, check=False)
-    assert out.returncode != 0
-    assert "cannot load model" in out.stderr and "no-such-model" in out.stderr and "does not exist" in out.stderr
+NOISE = ("Tip:", "litlogger", "litmodels", "pip install kernels", "LeafSpec", "`max_length` is ignored",
+         "module(s) in eval mode", "Epoch 0/-", "v_num", "GPU available", "Traceback")
 
 
-def test_unknown_bench_lists_valid_names(tmp_path):
-    out = vcap("validate", "--bench", "nope", cwd=tmp_path, check=False)
-    assert out.returncode != 0 and "valid: ['carebench', 'dream1k', 'shapes', 'vdc']" in out.stderr
+def assert_quiet(text):
+    found = [n for n in NOISE if n in text]
+    assert not found, f"noise in the output: {found}"
 
 
-def test_help_works(tmp_path):
-    assert "fit" in vcap("--help", cwd=tmp_path).stdout
+def snapshot(folder):
+    return sorted(p.relative_to(folder) for p in Path(folder).rglob("*"))
+
+
+def error_lines(stderr):
+    lines = stderr.strip().splitlines()
+    assert lines and all(line.startswith("vcap: error: ") for line in lines), stderr
+    return [line[len("vcap: error: "):] for line in lines]
+
+
+def user_error(*args, cwd, env=None):
+    """Run a failing command as a subprocess: exit 2, no traceback, nothing written; return its error lines."""
+    before = snapshot(cwd)
+    out = vcap(*args, cwd=cwd, check=False, env=env)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stdout + out.stderr, out.stderr[-3000:]
+    assert snapshot(cwd) == before  # no run folder, no judge cache
+    return error_lines(out.stderr)
+
+
+@pytest.fixture
+def user_error_in_process(capsys, monkeypatch, tmp_path):
+    """The same checks in this process (each subprocess pays seconds of imports): for the many option variants."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["vcap"])
+
+    def run(*args):
+        before = snapshot(tmp_path)
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(map(str, args)))
+        assert exit_info.value.code == 2
+        out = capsys.readouterr()
+        assert "Traceback" not in out.out + out.err and snapshot(tmp_path) == before
+        return error_lines(out.err)
+    return run
+
+
+def test_bench_without_data_or_model_names_both_flags(tmp_path):
+    model, data = user_error("validate", "--bench", "vdc", cwd=tmp_path)
+    assert model.startswith("this benchmark needs the model to evaluate: pass --model.init_args.name_or_path")
+    assert "data/VDC/VDCScore_qa/camera.jsonl" in data and "--data.init_args.annotations" in data
+    (data_only,) = user_error("validate", "--bench", "vdc", "--model.init_args.name_or_path", "vcap-tiny-sft",
+                              cwd=tmp_path)
+    assert data_only == data
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_gpu_recipe_without_gpu(tmp_path):
+    lines = user_error("fit", "--config", ROOT / "configs/grpo.yaml", cwd=tmp_path)
+    assert len(lines) == 3  # every independent problem at once, one line each: the GPU, the model, the manifest
+    assert lines[0].startswith("trainer.accelerator is 'gpu' but this machine has no usable CUDA GPU; "
+                           "pass --trainer.accelerator cpu")
+
+
+def test_gpu_recipe_on_cpu_names_model_and_manifest_flags(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf-home")}  # an empty Hugging Face cache
+    model, manifest = user_error("fit", "--config", ROOT / "configs/grpo.yaml", "--trainer.accelerator", "cpu",
+                                 cwd=tmp_path, env=env)
+    assert "'Qwen/Qwen2-VL-7B-Instruct' is not in the local Hugging Face cache" in model
+    assert "`hf download Qwen/Qwen2-VL-7B-Instruct`" in model and "--model.init_args.name_or_path" in model
+    assert manifest.startswith("manifest not found: data/train.jsonl (set --data.init_args.manifest")
+
+
+def test_missing_model_error_says_how_to_get_it(tmp_path, user_error_in_process):
+    (line,) = user_error_in_process("validate", "--bench", "shapes", "--model.init_args.name_or_path",
+                                    tmp_path / "no-such-model", *small_shapes(tmp_path / "shapes"))
+    assert line.startswith(f"--model.init_args.name_or_path {tmp_path / 'no-such-model'}: no such folder")
+    assert not (tmp_path / "shapes").exists()  # the synthetic data is not built when something else is wrong
+
+
+def test_optimizer_option_says_where_the_optimizer_is_set(tmp_path):
+    (line,) = user_error("fit", "--config", ROOT / "configs/demo.yaml", "--optimizer", "AdamW", cwd=tmp_path)
+    assert line.startswith("--optimizer is not an option: vcap's optimizer is AdamW with linear warm-up: set "
+                           "--model.init_args.learning_rate")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--lr_scheduler", "StepLR"], "--lr_scheduler is not an option: vcap's schedule is a linear warm-up"),
+    (["--trainer.max_stepz", "3"], "unknown option --trainer.max_stepz; did you mean '--trainer.max_steps'?"),
+    (["--model.init_args.loss_type", "ppo"], "--model.init_args.loss_type: 'ppo' is not one of grpo, dapo, dr_grpo"),
+    (["--model.init_args.num_generation", "4"],
+     "--model.init_args.num_generation is not an option of GRPOModule; did you mean 'num_generations'?"),
+    (["--model", "GRPOModul"], "--model GRPOModul: no such class; did you mean 'GRPOModule'?"),
+    (["--model.init_args.num_generations", "1"], "bad configuration: num_generations must be >= 2"),
+    (["--data.init_args.batch_size", "two"], "--data.init_args.batch_size: expected int, got 'two'"),
+    (["--ckpt_path", "nope.ckpt"], "--ckpt_path nope.ckpt: no such checkpoint file"),
+])
+def test_bad_options_are_one_line(user_error_in_process, args, expected):
+    small = ["--data.init_args.num_train", "8", "--data.init_args.num_val", "4"]  # when the data check builds clips
+    (line,) = user_error_in_process("fit", "--config", ROOT / "configs/demo.yaml", *small, *args)
+    assert line.startswith(expected), line
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], 'expected "subcommand" to be one of {fit,validate,test,predict,annotate}'),
+    (["fit"], "missing --data and --model: start from a recipe, e.g. --config configs/demo.yaml"),
+    (["predict", "--config", ROOT / "vcap/benches/shapes.yaml"], "vcap predict needs --data.init_args.predict_videos"),
+    (["validate", "--bench"], "--bench needs a value; valid: carebench, dream1k, shapes, vdc"),
+    (["annotate", "--input", "missing.jsonl", "--output", "out.jsonl"], "vcap annotate: manifest not found"),
+])
+def test_incomplete_commands_are_one_line(user_error_in_process, args, expected):
+    (line,) = user_error_in_process(*args)
+    assert line.startswith(expected), line
+
+
+def test_manifest_typo_fails_before_anything_runs(tmp_path):
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text(json.dumps({"video": "a.mp4", "caption": "c", "evnts": ["e"], "structure": []}) + "\n")
+    (line,) = user_error("fit", "--config", ROOT / "configs/demo.yaml", "--data", "CaptionDataModule",
+                         "--data.init_args.manifest", manifest, cwd=tmp_path)
+    assert line == f"{manifest}:1: unknown field 'evnts'; did you mean 'events'? (valid: video, id, split, " \
+                   "caption, structure, events, prompt, seed, meta)"
+
+
+def test_unknown_bench_lists_valid_names(user_error_in_process):
+    (line,) = user_error_in_process("validate", "--bench", "nope")
+    assert line == "unknown benchmark 'nope'; valid: ['carebench', 'dream1k', 'shapes', 'vdc']"
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    out = vcap("validate", "--bench", "nope", cwd=tmp_path, check=False, env={"VCAP_DEBUG": "1"})
+    assert out.returncode != 0 and "Traceback" in out.stderr and "unknown benchmark 'nope'" in out.stderr
+    monkeypatch.setattr(sys, "argv", ["vcap"])
+    with pytest.raises(UsageError, match="unknown benchmark 'nope'"):
+        main(["validate", "--bench", "nope", "--debug"])

@@ -4,9 +4,11 @@ import json
 import av
 import numpy as np
 import pytest
+
 from vcap.data.datamodule import CaptionDataModule, VideoRecords
 from vcap.data.manifest import ManifestError, read_manifest, records_from_videos
 from vcap.data.video import BadVideoError, FrameSampling, decode_frames
+from vcap.errors import UsageError
 
 
 def test_synthetic_manifest_records(shapes_manifest):
@@ -99,7 +101,7 @@ def test_datamodule_skips_and_counts_bad_videos_through_worker(tmp_path, tiny_pa
 def test_manifest_errors_name_file_line_and_field(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"video": "a.mp4"}\n{"caption": "no video"}\n')
-    with pytest.raises(ManifestError, match=r"bad.jsonl:2: field 'video'"):
+    with pytest.raises(ManifestError, match=r"bad.jsonl:2: field 'video' \(path to the video file\) is missing"):
         read_manifest(bad)
     bad.write_text('{"video": "a.mp4", "events": "not a list"}\n')
     with pytest.raises(ManifestError, match=r"bad.jsonl:1: field 'events' must be a list"):
@@ -107,10 +109,74 @@ def test_manifest_errors_name_file_line_and_field(tmp_path):
     bad.write_text("{oops\n")
     with pytest.raises(ManifestError, match="bad.jsonl:1: not valid JSON"):
         read_manifest(bad)
-    with pytest.raises(ManifestError, match="manifest not found"):
+    with pytest.raises(ManifestError, match="manifest not found.*--data.init_args.manifest"):
         read_manifest(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="bad_video"):
         CaptionDataModule(bad_video="ignore")
+
+
+GOOD = {"video": "a.mp4", "caption": "A red circle moves.", "events": ["the circle moves"],
+        "structure": [{"subject": "circle", "attributes": ["red"], "actions": ["moves"]}]}
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: r.update(evnts=r.pop("events")), r"m.jsonl:2: unknown field 'evnts'; did you mean 'events'\?"),
+    (lambda r: r.update(captoin=r.pop("caption")), r"m.jsonl:2: unknown field 'captoin'; did you mean 'caption'\?"),
+    (lambda r: r.update(split="vall"),
+     r"m.jsonl:2: field 'split': 'vall' is not one of 'train', 'val'; did you mean 'val'\?"),
+    (lambda r: r["structure"][0].update(subjcet=r["structure"][0].pop("subject")),
+     r"m.jsonl:2: unknown field 'structure\[0\].subjcet'; did you mean 'subject'\?"),
+    (lambda r: r["structure"][0].update(actions="moves"), r"m.jsonl:2: field 'structure\[0\].actions' must be a list"),
+    (lambda r: r.update(structure={"subject": "circle"}), r"m.jsonl:2: field 'structure'.*list of"),
+])
+def test_manifest_typos_fail_at_load_with_did_you_mean(tmp_path, change, expected):
+    bad = json.loads(json.dumps(GOOD))
+    change(bad)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(GOOD) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ManifestError, match=expected):
+        read_manifest(manifest, split="train")  # the bad record is checked whatever split is asked for
+    with pytest.raises(ManifestError, match=expected):
+        read_manifest(manifest, split="val")
+
+
+def test_manifest_accepts_every_documented_field(tmp_path):
+    record = {**GOOD, "id": "c1", "split": "val", "prompt": "Describe.", "seed": 3, "meta": {"source": "mine"}}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(record) + "\n\n")
+    (loaded,) = read_manifest(manifest, "val")
+    assert loaded["meta"] == {"source": "mine"} and loaded["video"] == str(tmp_path / "a.mp4")
+    assert read_manifest(manifest, "train") == []
+
+
+def test_missing_fields_a_recipe_needs_point_to_annotate(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    rows = [{k: v for k, v in GOOD.items() if k != "events"}] * 3
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(read_manifest(manifest)) == 3  # nothing required: fine
+    with pytest.raises(ManifestError, match=r"m.jsonl:1: field 'events' is missing \(and in 2 more of the 3 records\); "
+                                            r"the caption reward needs it.*vcap annotate --input .*m.jsonl"):
+        read_manifest(manifest, require={"events": "the caption reward"})
+
+
+def test_check_inputs_reads_manifests_without_a_processor(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(GOOD) + "\n")
+    dm = CaptionDataModule(manifest=str(manifest), processor=str(tmp_path / "no-such-processor"))
+    with pytest.raises(UsageError, match="no record of the manifest has split 'val'"):
+        dm.check_inputs("validate")
+    dm.check_inputs("fit")  # no val records: training without validation is allowed
+    with pytest.raises(ManifestError, match="field 'prompt' is missing; the test recipe needs it"):
+        dm.check_inputs("fit", {"fit": {"prompt": "the test recipe"}})
+    with pytest.raises(UsageError, match="--data.init_args.manifest is not set"):
+        CaptionDataModule().check_inputs("fit")
+    with pytest.raises(UsageError, match="--data.init_args.predict_videos"):
+        CaptionDataModule().check_inputs("predict")
+
+
+def test_limit_applies_to_validation_records(shapes_manifest):
+    dm = CaptionDataModule(manifest=str(shapes_manifest), limit=3)
+    assert len(dm.stage_records("validate")["validate"]) == 3 and len(dm.stage_records("fit")["fit"]) == 8
 
 
 def test_video_paths_resolve_relative_to_manifest_and_folders(shapes_manifest):

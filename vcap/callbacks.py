@@ -1,4 +1,4 @@
-"""Callbacks: the validation report (rich table + JSON) and the JSONL prediction writer."""
+"""Callbacks: the validation report (rich table + JSON), the JSONL prediction writer and the progress bar."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar
 from rich.console import Console
 from rich.table import Table
 
@@ -75,3 +75,17 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module) -> None:
         log.info("predictions written to %s", self.output)
         Console().print(f"predictions written to [bold]{self.output}[/bold]")
+
+
+class VcapProgressBar(RichProgressBar):
+    """Rich progress bar that says "Epoch 0" (not "Epoch 0/-2") when training is bounded by max_steps."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        text = f"Epoch {current_epoch}" + (f"/{max_epochs - 1}" if max_epochs is not None and max_epochs > 0 else "")
+        return f"{text:{len(self.validation_description)}}" if len(self.validation_description) > len(text) else text
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the run folder's version number is not a metric
+        return metrics

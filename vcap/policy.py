@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -22,17 +22,19 @@ DEFAULT_REWARDS = {"format": 1.0, "think": 1.0, "caption": 1.0}
 
 
 class CaptionPolicyModule(L.LightningModule):
-    """Base class. Args shared by every recipe:
+    """What every recipe shares: the policy model, its optimizer, greedy validation and predict.
 
     Args:
         name_or_path: HF hub id, local directory, or an embedded name ('vcap-tiny', 'vcap-tiny-sft').
-        dtype: float32 | bfloat16 | float16 weights.
-        attn_implementation: e.g. 'sdpa', 'flash_attention_2', 'eager'.
+        dtype: weight dtype: float32, bfloat16 or float16.
+        attn_implementation: attention kernel, e.g. 'sdpa', 'flash_attention_2', 'eager' (null: transformers' default).
         gradient_checkpointing: trade compute for activation memory.
         freeze_vision: keep the ViT frozen (it then also gets no LoRA).
         peft: a PEFT config, e.g. ``class_path: peft.LoraConfig``; LoRA targets the language model by default.
         load_in_4bit: QLoRA (nf4) loading through bitsandbytes; needs ``peft``.
-        learning_rate / weight_decay / warmup_steps: AdamW with linear warm-up.
+        learning_rate: peak learning rate of AdamW.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_steps: optimizer steps of linear learning-rate warm-up from 0 (0: none).
         rewards: reward name -> weight (registry names or 'module:Class'); scored in validation too.
         reward_options: reward name -> constructor options.
         max_new_tokens: generation budget for validation and predict (greedy).
@@ -40,7 +42,8 @@ class CaptionPolicyModule(L.LightningModule):
         export_dir: if set, save the trained model + processor in HF format there when fit ends.
     """
 
-    def __init__(self, name_or_path: str = "vcap-tiny", dtype: str = "float32", attn_implementation: str | None = "sdpa",
+    def __init__(self, name_or_path: str = "vcap-tiny", dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+                 attn_implementation: str | None = "sdpa",
                  gradient_checkpointing: bool = False, freeze_vision: bool = True, peft: Any = None,
                  load_in_4bit: bool = False, learning_rate: float = 1e-6, weight_decay: float = 0.0,
                  warmup_steps: int = 0, rewards: dict[str, float] | None = None,

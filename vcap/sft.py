@@ -15,7 +15,7 @@ class SFTModule(CaptionPolicyModule):
 
     Args:
         max_target_length: targets longer than this many tokens are truncated.
-        learning_rate: AdamW learning rate (SFT default 1e-5).
+        learning_rate: peak learning rate of AdamW (higher than GRPO's: SFT targets are exact).
         target_source: 'sft' trains on a record's ``sft_structure`` / ``sft_caption`` when present (e.g. human
             captions that omit details, while ``structure`` / ``caption`` hold the complete ground truth that
             the rewards score against), else on ``structure`` / ``caption``; 'reference' always on the latter.

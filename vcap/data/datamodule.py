@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -13,10 +13,13 @@ from vcap.data.manifest import read_manifest, records_from_videos
 from vcap.data.sampling import ResumableLoader, ResumableSampler
 from vcap.data.synthetic import ShapesSpec, build_shapes_dataset
 from vcap.data.video import BadVideoError, FrameSampling, decode_frames
+from vcap.errors import UsageError
 from vcap.prompts import DEFAULT_PROMPT, SYSTEM_PROMPT, build_messages
 
 log = logging.getLogger(__name__)
 BAD_VIDEO_POLICIES = ("skip", "error")
+STAGE_DATASETS = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("validate",),
+                  "predict": ("predict",)}
 
 
 class VideoRecords(Dataset):
@@ -71,15 +74,26 @@ class CaptionDataModule(L.LightningDataModule):
     """Videos and references from a JSONL manifest (``split`` field selects train/val).
 
     Args:
-        manifest: JSONL manifest with train and val records (``split``: train/val).
+        manifest: JSONL manifest with train and val records (``split``: train/val); see README, "Manifest format".
         val_manifest: optional separate manifest for validation (all its records are used).
         predict_videos: video files, folders, or one ``.jsonl`` manifest for ``vcap predict``.
-        processor: model name or path whose processor builds the batches (linked to model.name_or_path).
-        fps / nframes / min_frames / max_frames: frame sampling as in qwen-vl-utils.
-        min_pixels / max_pixels: per-frame pixel budget for the processor's resize.
+        processor: model name or path whose processor builds the batches (linked to model.init_args.name_or_path).
+        batch_size: prompts per training step (GRPO samples num_generations completions for each).
+        val_batch_size: videos per validation / predict batch.
+        num_workers: DataLoader worker processes that decode videos.
+        pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
+        fps: frames sampled per second of video (as qwen-vl-utils); ignored when nframes is set.
+        nframes: a fixed number of frames per video instead of fps.
+        min_frames: at least this many frames with fps sampling.
+        max_frames: at most this many frames with fps sampling.
+        min_pixels: per-frame pixel budget, lower bound of the processor's resize.
+        max_pixels: per-frame pixel budget, upper bound of the processor's resize.
+        prompt: the user prompt for each video (a record's own ``prompt`` overrides it).
+        system_prompt: the system prompt (null for none).
         bad_video: 'skip' (log, count, continue) or 'error' (raise naming the file).
-        limit_val: evaluate only the first N validation records.
-        shuffle / seed: training order, a seeded permutation per epoch (resumable mid-epoch).
+        limit: evaluate only the first N validation records (``--limit N``).
+        shuffle: shuffle the training order (a seeded permutation per epoch, resumable mid-epoch).
+        seed: seed of the training order.
     """
 
     def __init__(self, manifest: str | None = None, val_manifest: str | None = None,
@@ -87,33 +101,64 @@ class CaptionDataModule(L.LightningDataModule):
                  val_batch_size: int = 8, num_workers: int = 2, pin_memory: bool = False, fps: float | None = 2.0,
                  nframes: int | None = None, min_frames: int = 4, max_frames: int = 32, min_pixels: int = 128 * 28 * 28,
                  max_pixels: int = 360 * 420, prompt: str = DEFAULT_PROMPT, system_prompt: str | None = SYSTEM_PROMPT,
-                 bad_video: str = "skip", limit_val: int | None = None, shuffle: bool = True, seed: int = 0):
+                 bad_video: Literal["skip", "error"] = "skip", limit: int | None = None, shuffle: bool = True,
+                 seed: int = 0):
         super().__init__()
         if bad_video not in BAD_VIDEO_POLICIES:
-            raise ValueError(f"data.bad_video must be one of {BAD_VIDEO_POLICIES}, got {bad_video!r}")
+            raise UsageError(f"--data.init_args.bad_video must be one of {BAD_VIDEO_POLICIES}, got {bad_video!r}")
         self.save_hyperparameters()
         self.sampling = FrameSampling(fps, nframes, min_frames, max_frames)
         self.datasets: dict[str, VideoRecords] = {}
         self.collator: PromptCollator | None = None
+        self.required_fields: dict[str, dict[str, str]] = {}  # stage -> {field: who needs it}; set by the CLI check
 
     def manifest_path(self) -> str:
         if self.hparams.manifest is None:
-            raise ValueError("data.manifest is not set: point it at a JSONL manifest (see README, 'Manifest format')")
+            raise UsageError("--data.init_args.manifest is not set: point it at a JSONL manifest "
+                             "(see README, 'Manifest format')")
         return self.hparams.manifest
 
     def load_records(self, stage: str) -> list[dict]:
         hp = self.hparams
+        require = self.required_fields.get(stage)
         if stage == "fit":
-            return read_manifest(self.manifest_path(), split="train")
+            return read_manifest(self.manifest_path(), split="train", require=require)
         if stage == "predict":
             videos = hp.predict_videos or []
             if len(videos) == 1 and videos[0].endswith(".jsonl"):
-                return read_manifest(videos[0])
+                return read_manifest(videos[0], flag="--data.init_args.predict_videos")
             if not videos:
-                raise ValueError("vcap predict needs --data.predict_videos: video files, folders or a .jsonl manifest")
+                raise UsageError("vcap predict needs --data.init_args.predict_videos: video files, folders or a "
+                                 ".jsonl manifest, e.g. --data.init_args.predict_videos '[clips/]'")
             return records_from_videos(videos)
-        records = read_manifest(hp.val_manifest) if hp.val_manifest else read_manifest(self.manifest_path(), "val")
-        return records[: hp.limit_val] if hp.limit_val else records
+        if hp.val_manifest:
+            records = read_manifest(hp.val_manifest, require=require, flag="--data.init_args.val_manifest")
+        else:
+            records = read_manifest(self.manifest_path(), "val", require=require)
+        return records[: hp.limit] if hp.limit else records
+
+    def stage_records(self, stage: str) -> dict[str, list[dict]]:
+        """Records of each dataset a trainer stage uses; an empty required split is an error."""
+        out = {}
+        for name in STAGE_DATASETS[stage]:
+            records = self.load_records(name)
+            if not records and stage == "fit" and name == "validate":
+                log.warning("no validation records (split 'val'): training without validation")
+                continue
+            if not records:
+                split = {"fit": "'train' (the default)", "validate": "'val'"}.get(name, "")
+                raise UsageError(f"no records for '{name}'" + (f": no record of the manifest has split {split}, or "
+                                 "set --data.init_args.val_manifest" if split else ""))
+            out[name] = records
+        return out
+
+    def check_inputs(self, stage: str, required_fields: dict[str, dict[str, str]] | None = None) -> None:
+        """Load and validate every input ``stage`` reads, without decoding videos or loading a processor.
+
+        The CLI calls this before it builds the model, so a typo fails in seconds and creates nothing.
+        """
+        self.required_fields = dict(required_fields or {})
+        self.stage_records(stage)
 
     def setup(self, stage: str) -> None:
         from vcap.model.loading import load_processor
@@ -122,16 +167,9 @@ class CaptionDataModule(L.LightningDataModule):
             hp = self.hparams
             self.collator = PromptCollator(load_processor(hp.processor), hp.prompt, hp.system_prompt,
                                            hp.min_pixels, hp.max_pixels)
-        stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("validate",), "predict": ("predict",)}
-        for name in stages[stage]:
-            if name not in self.datasets:
-                records = self.load_records(name)
-                if not records and stage == "fit" and name == "validate":
-                    log.warning("no validation records (split 'val'): training without validation")
-                    continue
-                if not records:
-                    raise ValueError(f"no records for stage '{name}' (check the manifest's 'split' fields)")
-                self.datasets[name] = VideoRecords(records, self.sampling, self.hparams.bad_video)
+        if not all(name in self.datasets for name in STAGE_DATASETS[stage]):
+            for name, records in self.stage_records(stage).items():
+                self.datasets.setdefault(name, VideoRecords(records, self.sampling, self.hparams.bad_video))
 
     def _loader_options(self) -> dict:
         hp = self.hparams
@@ -165,7 +203,19 @@ class CaptionDataModule(L.LightningDataModule):
 
 
 class ShapesDataModule(CaptionDataModule):
-    """The embedded synthetic benchmark: generated on first use under ``root`` (default: the vcap cache)."""
+    """The embedded synthetic benchmark: generated on first use under ``root`` (default: the vcap cache).
+
+    Args:
+        root: folder for the generated videos and manifest (default: ``$VCAP_CACHE/data/shapes-...``).
+        num_train: training clips to generate.
+        num_val: held-out validation clips to generate.
+        dataset_seed: seed of the generated clips (a new seed gives new train and val clips).
+        nframes: frames per clip fed to the model.
+        min_pixels: per-frame pixel budget, lower bound.
+        max_pixels: per-frame pixel budget, upper bound.
+    """
+
+    builds_inputs = True  # check_inputs generates the clips on first use
 
     def __init__(self, root: str | None = None, num_train: int = 256, num_val: int = 32, dataset_seed: int = 0,
                  nframes: int | None = 8, min_pixels: int = 56 * 56, max_pixels: int = 56 * 56, **kwargs):

@@ -1,43 +1,148 @@
-"""JSONL manifests: one record per video (see README, "Manifest format")."""
+"""JSONL manifests: one record per video (see README, "Manifest format"), validated when loaded.
+
+Every record is checked against ``ManifestRecord`` (unknown fields are errors, with a did-you-mean), so a typo
+fails at startup naming ``file:line: field``, not halfway through training.
+"""
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vcap.errors import UsageError
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
+SPLITS = ("train", "val")
+ANNOTATED_FIELDS = ("events", "structure")  # what `vcap annotate` can fill from a caption
 
 
-class ManifestError(ValueError):
+class ManifestError(UsageError):
     pass
 
 
-def read_manifest(path: str | Path, split: str | None = None) -> list[dict]:
-    """Records of ``split`` (records without a ``split`` field count as 'train'), with absolute video paths."""
+class SubjectRecord(BaseModel):
+    """One entry of ``structure``: a subject with its attributes and actions."""
+
+    model_config = ConfigDict(extra="forbid")
+    subject: str = Field(min_length=1)
+    attributes: list[str] = []
+    actions: list[str] = []
+
+
+class ManifestRecord(BaseModel):
+    """One manifest line. Only ``video`` is required; which other fields a run needs depends on its recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+    video: str = Field(min_length=1)  # relative to the manifest's folder, or absolute
+    id: str | None = None  # default: the video's file name without suffix
+    split: Literal["train", "val"] = "train"
+    caption: str | None = None  # reference caption (SFT target, precision side of the caption metric)
+    structure: list[SubjectRecord] | None = None  # ground-truth subjects (think reward, SFT target)
+    events: list[str] | None = None  # ground-truth event sentences (caption reward)
+    sft_caption: str | None = None  # SFT target caption when it differs from the ground truth (e.g. it omits things)
+    sft_structure: list[SubjectRecord] | None = None  # SFT think target when it differs from ``structure``
+    prompt: str | None = None  # overrides the data module's prompt for this video
+    seed: int | None = None  # generator seed of a synthetic clip (provenance only)
+    meta: dict[str, Any] | None = None  # anything of your own; vcap ignores it
+
+
+PLAIN_TYPES = {"list_type": "must be a list", "string_type": "must be a string", "dict_type": "must be an object",
+               "int_type": "must be an integer", "int_parsing": "must be an integer",
+               "string_too_short": "must not be empty"}
+
+
+def _field_name(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def describe_problem(error: dict) -> str:
+    """One pydantic error as ``field 'x': what is wrong``, with a did-you-mean for unknown fields and splits."""
+    loc = tuple(error["loc"])
+    name = _field_name(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = SubjectRecord if loc[0] in ("structure", "sft_structure") else ManifestRecord
+        valid = list(model.model_fields)
+        return f"unknown field '{name}'{_did_you_mean(loc[-1], valid)} (valid: {', '.join(valid)})"
+    if kind == "missing":
+        what = " (path to the video file)" if loc == ("video",) else ""
+        return f"field '{name}'{what} is missing"
+    if kind == "literal_error" and loc == ("split",):
+        return (f"field 'split': {error['input']!r} is not one of {', '.join(map(repr, SPLITS))}"
+                f"{_did_you_mean(error['input'], list(SPLITS))}")
+    if loc[:1] == ("structure",) and len(loc) <= 2 and kind in ("list_type", "dict_type", "model_type"):
+        return (f"field '{name}' must be {'a subject' if len(loc) == 2 else 'a list of subjects'}: "
+                '{"subject": ..., "attributes": [...], "actions": [...]}')
+    what = PLAIN_TYPES.get(kind, error["msg"][:1].lower() + error["msg"][1:])
+    return f"field '{name}' {what} (got {error['input']!r:.60})"
+
+
+def _needs_message(path: Path, lines: list[int], field: str, needed_by: str, total: int) -> str:
+    count = f" (and in {len(lines) - 1} more of the {total} records)" if len(lines) > 1 else ""
+    text = f"{path}:{lines[0]}: field '{field}' is missing{count}; {needed_by} needs it"
+    if field in ANNOTATED_FIELDS:
+        out = path.with_name(path.stem + ".annotated.jsonl")
+        text += (f". Fill events/structure from the captions with `vcap annotate --input {path} --output {out}`"
+                 " (a judge extracts them), then train on the annotated manifest")
+    return text
+
+
+def read_manifest(path: str | Path, split: str | None = None, require: dict[str, str] | None = None,
+                  flag: str = "--data.init_args.manifest") -> list[dict]:
+    """Records of ``split`` (records without ``split`` are 'train'), with absolute video paths.
+
+    Every line is validated, whatever its split. ``require`` maps fields the run needs to who needs them
+    (checked on the records returned). ``flag`` names the option that gave ``path``, for the not-found error.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"manifest not found: {path} (a JSONL file with one record per video; see README)")
-    records = []
+        raise ManifestError(f"manifest not found: {path} (set {flag} to a JSONL file with one record per video; "
+                            "see README, 'Manifest format')")
+    records, problems, missing = [], [], {}
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            raw = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ManifestError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-        if not isinstance(record, dict):
-            raise ManifestError(f"{path}:{lineno}: a record must be a JSON object")
-        video = record.get("video")
-        if not isinstance(video, str) or not video:
-            raise ManifestError(f"{path}:{lineno}: field 'video' (path to the video file) is missing or empty")
-        for key, kind in (("caption", str), ("events", list), ("structure", list)):
-            if key in record and not isinstance(record[key], kind):
-                raise ManifestError(f"{path}:{lineno}: field '{key}' must be a {kind.__name__}")
-        if split is not None and record.get("split", "train") != split:
+            problems.append(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})")
             continue
-        record = dict(record)
-        record["video"] = str((path.parent / video).resolve()) if not Path(video).is_absolute() else video
-        record.setdefault("id", Path(video).stem)
-        records.append(record)
+        if not isinstance(raw, dict):
+            problems.append(f"{path}:{lineno}: a record must be a JSON object, got {type(raw).__name__}")
+            continue
+        try:
+            record = ManifestRecord.model_validate(raw)
+        except ValidationError as err:
+            errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo explains a gap
+            problems += [f"{path}:{lineno}: {describe_problem(e)}" for e in errors]
+            continue
+        if split is not None and record.split != split:
+            continue
+        for field in require or {}:
+            if getattr(record, field) is None:
+                missing.setdefault(field, []).append(lineno)
+        out = dict(raw)
+        video = record.video
+        out["video"] = video if Path(video).is_absolute() else str((path.parent / video).resolve())
+        out.setdefault("id", Path(video).stem)
+        records.append(out)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s) in this file)" if len(problems) > 1 else ""
+        raise ManifestError(problems[0] + more)
+    if missing:
+        field, lines = next(iter(missing.items()))
+        raise ManifestError(_needs_message(path, lines, field, require[field], len(records)))
     return records
 
 
@@ -46,6 +151,9 @@ def records_from_videos(videos: list[str]) -> list[dict]:
     records = []
     for item in videos:
         p = Path(item)
+        if not p.exists():
+            raise ManifestError(f"--data.init_args.predict_videos: {p} does not exist (give video files, folders of "
+                                "videos, or one .jsonl manifest)")
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in VIDEO_SUFFIXES) if p.is_dir() else [p]
         if p.is_dir() and not files:
             raise ManifestError(f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) under {p}")

@@ -5,11 +5,13 @@ import copy
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from vcap.grpo.losses import get_loss_aggregation, group_advantages, grpo_loss
 from vcap.grpo.rollout import Rollout, chunked_logprobs, sample_completions, select, token_logprobs
+from vcap.grpo.stats import mean_over_iterations, truncated
 from vcap.policy import CaptionPolicyModule
 from vcap.rewards import RewardOutput, parse_completion
 
@@ -22,11 +24,13 @@ class GRPOModule(CaptionPolicyModule):
     Args:
         num_generations: G completions sampled per prompt.
         beta: k3 KL coefficient; 0 loads no reference model.
-        epsilon / epsilon_high: lower / upper clip range of the ratio (epsilon_high defaults to epsilon).
-        loss_type: 'grpo' (sequence mean of token means), 'dapo' (token mean) or 'dr_grpo'.
-        scale_rewards: 'group' divides advantages by the group std; 'none' only centres them.
+        epsilon: lower clip range of the probability ratio (1 - epsilon).
+        epsilon_high: upper clip range of the ratio (1 + epsilon_high); null uses epsilon (DAPO's clip-higher: 0.28).
+        loss_type: 'grpo' (sequence mean of token means), 'dapo' (token mean) or 'dr_grpo' (token sum / constant).
+        scale_rewards: 'group' divides advantages by the group std; 'none' only centres them (Dr. GRPO).
         max_completion_length: new-token budget per completion.
-        temperature / top_p: rollout sampling.
+        temperature: sampling temperature of the rollouts (log-probs are computed at the same temperature).
+        top_p: nucleus sampling threshold of the rollouts (1.0 disables it).
         num_iterations: μ optimizer steps per rollout, with stored old log-probs.
         micro_batch_size: sequences per forward/backward pass (gradients accumulate over the rollout).
         max_grad_norm: gradient clipping (0 disables).
@@ -34,7 +38,8 @@ class GRPOModule(CaptionPolicyModule):
     """
 
     def __init__(self, num_generations: int = 8, beta: float = 0.04, epsilon: float = 0.2,
-                 epsilon_high: float | None = None, loss_type: str = "grpo", scale_rewards: str = "group",
+                 epsilon_high: float | None = None, loss_type: Literal["grpo", "dapo", "dr_grpo"] = "grpo",
+                 scale_rewards: Literal["group", "none"] = "group",
                  max_completion_length: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
                  num_iterations: int = 1, micro_batch_size: int = 8, max_grad_norm: float = 1.0,
                  log_completions_every: int = 50, **kwargs):
@@ -66,9 +71,9 @@ class GRPOModule(CaptionPolicyModule):
         valid = ~rewards.excluded
         adv = group_advantages(rewards.scores, hp.num_generations, hp.scale_rewards, valid=valid)
         old_logp, ref_logp = self.fixed_logprobs(rollout)
-        for _ in range(hp.num_iterations):
-            stats = self.policy_update(rollout, adv.advantages, old_logp, ref_logp, valid)
-        self.log_rollout(rollout, rewards, adv, stats, texts, records)
+        stats = [self.policy_update(rollout, adv.advantages, old_logp, ref_logp, valid)
+                 for _ in range(hp.num_iterations)]
+        self.log_rollout(rollout, rewards, adv, mean_over_iterations(stats), texts, records)
 
     # -- pieces -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -124,7 +129,8 @@ class GRPOModule(CaptionPolicyModule):
             "train/reward": rewards.scores.mean(), "train/reward_std": grouped.std(dim=1).mean(),
             "train/frac_reward_zero_std": adv.zero_std.float().mean(),
             "train/completion_length": lengths.mean(),
-            "train/clipped_completions": (rollout.completion_mask[:, -1] == 1).float().mean(),
+            "train/clipped_completions": truncated(rollout.completion_ids, rollout.completion_mask,
+                                                   self.eos_token_ids).float().mean(),
             "train/reward_failures": torch.tensor(float(len(rewards.failures))),
             "train/lr": torch.tensor(self.lr_schedulers().get_last_lr()[0]),
             **{f"train/{k}": v for k, v in stats.items()},

@@ -1,0 +1,78 @@
+"""Console logging for the CLI: vcap's own messages through rich, and known third-party noise silenced here.
+
+Every silenced message is listed in ``NOISE`` (logged lines) or ``NOISY_WARNINGS`` (Python warnings) with the reason
+it is harmless, so a real warning is never lost to a broad filter. ``VCAP_DEBUG=1`` / ``--debug`` shows them all.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+# Logged lines (any logger) that say nothing about the user's run.
+NOISE: tuple[str, ...] = (
+    r"💡 Tip: For seamless cloud",  # Lightning advertising litlogger / litmodels
+    r"Failed to load CPU gemm_4bit_forward from kernels-community",  # bitsandbytes: optional faster CPU kernel
+    r"(GPU|TPU|HPU) available: ",  # Lightning's hardware inventory; vcap logs the device it uses
+    r"Seed set to \d+",
+)
+
+# Python warnings: (message regex, why it is harmless).
+NOISY_WARNINGS: tuple[tuple[str, str], ...] = (
+    (r".*LeafSpec", "Lightning's own pytree helper uses an API torch deprecated; nothing for the user to do"),
+    (r".*`max_length` is ignored when `padding`=`True`", "the Qwen2-VL processor passes max_length for every batch"),
+    (r".*module\(s\) in eval mode at the start of training", "the frozen reference model is in eval mode on purpose"),
+    (r".*does not have many workers which may be a bottleneck", "num_workers is the user's choice, set in the config"),
+    (r"No seed found, seed set to", "bench configs leave seed_everything unset: greedy decoding needs no seed"),
+    (r".*The `srun` command is available on your system", "SLURM hint irrelevant to single-node runs"),
+)
+
+
+class NoiseFilter(logging.Filter):
+    """Drops the log records listed in ``NOISE``."""
+
+    def __init__(self, patterns: tuple[str, ...] = NOISE):
+        super().__init__()
+        self.pattern = re.compile("|".join(f"(?:{p})" for p in patterns))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed third-party record must not break logging
+            return True
+        return not self.pattern.search(message)
+
+
+def silence_warnings() -> None:
+    for message, _why in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def setup_logging(debug: bool = False) -> None:
+    """vcap INFO and everyone's WARNING through one rich handler on stderr; noise filtered unless ``debug``."""
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    if not debug:
+        handler.addFilter(NoiseFilter())
+        silence_warnings()
+        try:  # transformers' per-shard "Loading weights" bars; vcap logs the loaded policy instead
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("vcap").setLevel(logging.DEBUG if debug else logging.INFO)
+    # Lightning installs its own stream handlers when imported first; route its messages through ours instead.
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        lg = logging.getLogger(name)
+        for old in list(lg.handlers):
+            lg.removeHandler(old)
+        lg.propagate = True
+    logging.getLogger("lightning.pytorch").setLevel(logging.INFO)
