@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from vcap.distributed import all_reduce_gradients, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
 from vcap.model.loading import count_parameters, load_policy, load_processor
@@ -63,6 +64,8 @@ class CaptionPolicyModule(L.LightningModule):
         self.model = None
         self.processor = None
         self.skipped_videos = 0
+        self.syncs_own_gradients = False
+        self.samples_dir: Path | None = None
 
     def describe(self) -> dict[str, Any]:
         """What produced the numbers: model and judges, written into validation.json."""
@@ -180,6 +183,31 @@ class CaptionPolicyModule(L.LightningModule):
         warmup = max(self.hparams.warmup_steps, 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- data parallelism (manual optimization) ---------------------------------------------------
+    def on_train_start(self) -> None:
+        self.samples_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: all ranks
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning re-arms DDP's reducer after every step, so switch it off before each one;
+        # see vcap.distributed for why GRPO syncs its own gradients
+        if not self.automatic_optimization:
+            self.syncs_own_gradients = take_over_ddp_gradient_sync(self.trainer.strategy.model)
+
+    def sync_gradients(self) -> None:
+        """Average accumulated gradients over DDP ranks; call once per optimizer step, before clipping."""
+        if self.syncs_own_gradients:
+            all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad])
+
+    def step_without_data(self) -> None:
+        """A rank whose whole batch was skipped still joins the step (zero gradient) so ranks stay in sync."""
+        if not self.syncs_own_gradients:
+            return
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.sync_gradients()
+        opt.step()
+        self.lr_schedulers().step()
 
     # -- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
