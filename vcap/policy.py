@@ -14,6 +14,7 @@ from vcap.distributed import all_reduce_gradients, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
 from vcap.model.loading import count_parameters, load_policy, load_processor
+from vcap.model.precision import check_trainable_precision
 from vcap.rewards import RewardSet, parse_completion
 from vcap.rewards.caption import sample_events
 from vcap.rewards.parsing import subjects_from_json
@@ -27,7 +28,10 @@ class CaptionPolicyModule(L.LightningModule):
 
     Args:
         name_or_path: HF hub id, local directory, or an embedded name ('vcap-tiny', 'vcap-tiny-sft').
-        dtype: float32 | bfloat16 | float16 weights.
+        dtype: float32 | bfloat16 | float16 weights. Training keeps trainable weights in fp32 (compute in bf16 with
+            ``trainer.precision: bf16-mixed``): bf16/fp16 trainable weights are refused, see vcap.model.precision.
+        allow_low_precision_training: train bf16/fp16 weights anyway (only with an optimizer built for it, e.g.
+            Kahan summation or stochastic rounding); a warning still states why plain AdamW loses the updates.
         attn_implementation: e.g. 'sdpa', 'flash_attention_2', 'eager'.
         gradient_checkpointing: trade compute for activation memory.
         freeze_vision: keep the ViT frozen (it then also gets no LoRA).
@@ -46,7 +50,8 @@ class CaptionPolicyModule(L.LightningModule):
                  load_in_4bit: bool = False, learning_rate: float = 1e-6, weight_decay: float = 0.0,
                  warmup_steps: int = 0, rewards: dict[str, float] | None = None,
                  reward_options: dict[str, dict[str, Any]] | None = None, max_new_tokens: int = 512,
-                 generation_kwargs: dict[str, Any] | None = None, export_dir: str | None = None):
+                 generation_kwargs: dict[str, Any] | None = None, export_dir: str | None = None,
+                 allow_low_precision_training: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
@@ -179,6 +184,8 @@ class CaptionPolicyModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("no trainable parameters: check freeze_vision / peft settings")
+        if not self.keeps_master_weights():
+            check_trainable_precision(self.model, self.hparams.learning_rate, self.hparams.allow_low_precision_training)
         opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
         warmup = max(self.hparams.warmup_steps, 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))
@@ -208,6 +215,10 @@ class CaptionPolicyModule(L.LightningModule):
         self.sync_gradients()
         opt.step()
         self.lr_schedulers().step()
+
+    def keeps_master_weights(self) -> bool:
+        """DeepSpeed's bf16 optimizer keeps its own fp32 master copy of low-precision parameters."""
+        return type(self.trainer.strategy).__name__ == "DeepSpeedStrategy"
 
     # -- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
