@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 from vcap.data.manifest import read_manifest, records_from_videos
 from vcap.data.sampling import ResumableLoader, ResumableSampler
 from vcap.data.synthetic import ShapesSpec, build_shapes_dataset
-from vcap.data.video import BadVideoError, FrameSampling, decode_frames
+from vcap.model.families import QWEN2_VL, ModelFamily, family_for
+from vcap.data.video import BadVideoError, FrameSampling, decode_clip
 from vcap.prompts import DEFAULT_PROMPT, SYSTEM_PROMPT, build_messages
 
 log = logging.getLogger(__name__)
@@ -31,22 +32,23 @@ class VideoRecords(Dataset):
     def __getitem__(self, i: int) -> dict:
         record = self.records[i]
         try:
-            frames, _ = decode_frames(record["video"], self.sampling)
+            frames, metadata = decode_clip(record["video"], self.sampling)
         except BadVideoError as err:
             if self.bad_video == "error":
                 raise BadVideoError(f"{err} (set data.bad_video: skip to skip such videos)") from err
             log.warning("skipping bad video: %s", err)
             return {"record": record, "frames": None, "error": str(err)}
-        return {"record": record, "frames": frames, "error": None}
+        return {"record": record, "frames": frames, "metadata": metadata, "error": None}
 
 
 class PromptCollator:
     """Builds left-padded prompt batches; skipped videos travel along so the step can count them."""
 
-    def __init__(self, processor, prompt: str, system_prompt: str | None, min_pixels: int, max_pixels: int):
+    def __init__(self, processor, prompt: str, system_prompt: str | None, min_pixels: int, max_pixels: int,
+                 family: ModelFamily = QWEN2_VL):
         self.processor, self.prompt, self.system_prompt = processor, prompt, system_prompt
         self._texts: dict[str, str] = {}
-        self.video_kwargs = {"do_sample_frames": False, "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+        self.family, self.min_pixels, self.max_pixels = family, min_pixels, max_pixels
 
     def text(self, prompt: str) -> str:
         """The chat-formatted prompt; a record's own ``prompt`` (benchmarks) overrides the default."""
@@ -61,8 +63,10 @@ class PromptCollator:
         batch: dict[str, Any] = {"records": [it["record"] for it in good], "skipped": skipped, "inputs": None}
         if good:
             texts = [self.text(it["record"].get("prompt", self.prompt)) for it in good]
+            videos_kwargs = self.family.video_kwargs(self.min_pixels, self.max_pixels, [len(it["frames"]) for it in good],
+                                                     [it.get("metadata") for it in good])
             inputs = self.processor(text=texts, videos=[it["frames"] for it in good], padding=True,
-                                    return_tensors="pt", videos_kwargs=self.video_kwargs)
+                                    return_tensors="pt", videos_kwargs=videos_kwargs)
             batch["inputs"] = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         return batch
 
@@ -121,7 +125,7 @@ class CaptionDataModule(L.LightningDataModule):
         if self.collator is None:
             hp = self.hparams
             self.collator = PromptCollator(load_processor(hp.processor), hp.prompt, hp.system_prompt,
-                                           hp.min_pixels, hp.max_pixels)
+                                           hp.min_pixels, hp.max_pixels, family_for(hp.processor))
         stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("validate",), "predict": ("predict",)}
         for name in stages[stage]:
             if name not in self.datasets:

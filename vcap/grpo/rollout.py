@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 PER_SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+PER_VIDEO_KEYS = ("video_grid_thw", "second_per_grid_ts")  # one row per video (Qwen2.5-VL adds the second)
 
 
 @dataclass
@@ -31,7 +32,7 @@ def repeat_inputs(inputs: dict[str, torch.Tensor], repeats: int) -> dict[str, to
     if "pixel_values_videos" in inputs:
         chunks = inputs["pixel_values_videos"].split(video_rows(inputs).tolist())
         out["pixel_values_videos"] = torch.cat([c for c in chunks for _ in range(repeats)])
-        out["video_grid_thw"] = inputs["video_grid_thw"].repeat_interleave(repeats, dim=0)
+        out.update({k: inputs[k].repeat_interleave(repeats, dim=0) for k in PER_VIDEO_KEYS if k in inputs})
     return out
 
 
@@ -41,7 +42,7 @@ def select(inputs: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, 
     if "pixel_values_videos" in inputs:
         offsets = torch.cat([video_rows(inputs).new_zeros(1), video_rows(inputs).cumsum(0)])
         out["pixel_values_videos"] = inputs["pixel_values_videos"][offsets[start]:offsets[stop]]
-        out["video_grid_thw"] = inputs["video_grid_thw"][start:stop]
+        out.update({k: inputs[k][start:stop] for k in PER_VIDEO_KEYS if k in inputs})
     return out
 
 

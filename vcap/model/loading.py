@@ -1,4 +1,4 @@
-"""Load a Qwen2-VL-family policy and its processor from a hub id, a local dir or an embedded name."""
+"""Load a Qwen2-VL / Qwen2.5-VL / Qwen3-VL policy and its processor from a hub id, a local dir or an embedded name."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from vcap.model.tiny import TINY_NAME, ensure_tiny
+from vcap.model.tiny_families import TINY_FAMILY_NAMES, ensure_tiny_family
 
 log = logging.getLogger(__name__)
 
@@ -14,6 +15,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED = {
     TINY_NAME: "random-weight tiny Qwen2-VL, built on first use",
     "vcap-tiny-sft": "vcap-tiny after the demo SFT warm start (configs/demo/sft.yaml), shipped in vcap/assets",
+    "vcap-tiny-qwen2.5-vl": "random-weight tiny Qwen2.5-VL (real processor classes), built on first use",
+    "vcap-tiny-qwen3-vl": "random-weight tiny Qwen3-VL (real processor classes), built on first use",
 }
 # LoRA goes on the language model's linear layers only; the ViT stays as it is by default.
 LANGUAGE_MODEL_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -27,6 +30,8 @@ class ModelNotFoundError(RuntimeError):
 def resolve_model_path(name_or_path: str) -> str:
     if name_or_path == TINY_NAME:
         return str(ensure_tiny())
+    if name_or_path in TINY_FAMILY_NAMES:
+        return str(ensure_tiny_family(name_or_path))
     if name_or_path in EMBEDDED:
         path = ASSETS / name_or_path
         if not (path / "config.json").exists():
