@@ -14,6 +14,7 @@ from vcap.distributed import all_reduce_gradients, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
 from vcap.model.loading import count_parameters, load_policy, load_processor
+from vcap.model.memory_check import check_memory
 from vcap.model.precision import check_trainable_precision
 from vcap.rewards import RewardSet, parse_completion
 from vcap.rewards.caption import sample_events
@@ -30,6 +31,8 @@ class CaptionPolicyModule(L.LightningModule):
         name_or_path: HF hub id, local directory, or an embedded name ('vcap-tiny', 'vcap-tiny-sft').
         dtype: float32 | bfloat16 | float16 weights. Training keeps trainable weights in fp32 (compute in bf16 with
             ``trainer.precision: bf16-mixed``): bf16/fp16 trainable weights are refused, see vcap.model.precision.
+        memory_check: before loading for ``fit``, stop when the logged memory estimate exceeds the GPU (false: only
+            log it); see vcap.model.memory.
         allow_low_precision_training: train bf16/fp16 weights anyway (only with an optimizer built for it, e.g.
             Kahan summation or stochastic rounding); a warning still states why plain AdamW loses the updates.
         attn_implementation: e.g. 'sdpa', 'flash_attention_2', 'eager'.
@@ -51,7 +54,7 @@ class CaptionPolicyModule(L.LightningModule):
                  warmup_steps: int = 0, rewards: dict[str, float] | None = None,
                  reward_options: dict[str, dict[str, Any]] | None = None, max_new_tokens: int = 512,
                  generation_kwargs: dict[str, Any] | None = None, export_dir: str | None = None,
-                 allow_low_precision_training: bool = False):
+                 allow_low_precision_training: bool = False, memory_check: bool = True):
         super().__init__()
         self.save_hyperparameters()
         self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
@@ -83,6 +86,8 @@ class CaptionPolicyModule(L.LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            check_memory(self, strict=hp.memory_check)
         self.processor = load_processor(hp.name_or_path)
         self.model = load_policy(hp.name_or_path, hp.dtype, hp.attn_implementation, hp.gradient_checkpointing,
                                  hp.freeze_vision, hp.peft, hp.load_in_4bit).train()  # from_pretrained gives eval mode
