@@ -13,6 +13,7 @@ import torch
 from vcap.distributed import all_reduce_gradients, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
+from vcap.model.export import export_model
 from vcap.model.loading import count_parameters, load_policy, load_processor
 from vcap.model.memory_check import check_memory
 from vcap.model.precision import check_trainable_precision
@@ -45,7 +46,8 @@ class CaptionPolicyModule(L.LightningModule):
         reward_options: reward name -> constructor options.
         max_new_tokens: generation budget for validation and predict (greedy).
         generation_kwargs: extra ``generate`` options for validation and predict, e.g. {repetition_penalty: 1.2}.
-        export_dir: if set, save the trained model + processor in HF format there when fit ends.
+        export_dir: if set, when fit ends save there the model with LoRA merged, the processor (chat template
+            included) and ``vcap_preprocessing.json``; ``vcap predict`` on that directory preprocesses as in training.
     """
 
     def __init__(self, name_or_path: str = "vcap-tiny", dtype: str = "float32", attn_implementation: str | None = "sdpa",
@@ -253,7 +255,9 @@ class CaptionPolicyModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
-            path = Path(self.hparams.export_dir)
-            self.model.save_pretrained(path)
-            self.processor.save_pretrained(path)
-            log.info("exported HF model to %s", path)
+            self.export(self.hparams.export_dir)
+
+    def export(self, path: str | Path) -> Path:
+        """Merged weights (LoRA folded in), processor + chat template, and the data's frame/pixel settings."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return export_model(self.model, self.processor, path, dict(getattr(datamodule, "hparams", {}) or {}))

@@ -120,10 +120,13 @@ class CaptionDataModule(L.LightningDataModule):
         return records[: hp.limit_val] if hp.limit_val else records
 
     def setup(self, stage: str) -> None:
-        from vcap.model.loading import load_processor
+        from vcap.model.export import apply_exported_preprocessing
+        from vcap.model.loading import load_processor, resolve_model_path
 
         if self.collator is None:
             hp = self.hparams
+            if apply_exported_preprocessing(hp, type(self), resolve_model_path(hp.processor)):  # as in training
+                self.sampling = FrameSampling(hp.fps, hp.nframes, hp.min_frames, hp.max_frames)
             self.collator = PromptCollator(load_processor(hp.processor), hp.prompt, hp.system_prompt,
                                            hp.min_pixels, hp.max_pixels, family_for(hp.processor))
         stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("validate",), "predict": ("predict",)}
