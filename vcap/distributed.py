@@ -12,6 +12,8 @@ gradient accumulation: one all-reduce per step, not one per micro-batch.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 
@@ -62,3 +64,26 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], bucket_elements: int 
                     t.copy_(flat[offset:offset + t.numel()].view_as(t))
                     offset += t.numel()
             bucket, size = ([g], g.numel()) if g is not None else ([], 0)
+
+
+@contextmanager
+def full_parameters_for_generation(model: torch.nn.Module):
+    """Generation under FSDP2 sees full weights: ``generate`` encodes the video before any forward (transformers
+    >= 5.18), which would reach the root unit's parameters while they are still sharded. The root's own
+    parameters (embeddings, LM head, ViT patch embedding and merger) are gathered for the whole call; every
+    ``fully_shard``-ed block gathers its own in its forward as usual. FSDP1 (Lightning's FSDPStrategy) needs
+    nothing: vcap generates inside the wrapped root's forward, where the root is already gathered."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        FSDPModule = ()
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    # FSDP2 initialises its root state on the root's first forward; generate() may reach inner blocks first
+    model._get_fsdp_state()._lazy_init()
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()

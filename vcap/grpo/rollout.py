@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vcap.distributed import full_parameters_for_generation
+
 PER_SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 PER_VIDEO_KEYS = ("video_grid_thw", "second_per_grid_ts")  # one row per video (Qwen2.5-VL adds the second)
 
@@ -69,9 +71,10 @@ def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: 
     model.eval()
     try:
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(do_sample=False)
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
-                             eos_token_id=eos_token_ids, pad_token_id=pad_token_id, use_cache=True,
-                             suppress_tokens=vision_token_ids(model) or None, **sampling, **generate_kwargs)
+        with full_parameters_for_generation(model):
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
+                                 eos_token_id=eos_token_ids, pad_token_id=pad_token_id, use_cache=True,
+                                 suppress_tokens=vision_token_ids(model) or None, **sampling, **generate_kwargs)
     finally:
         model.train(was_training)
     completion_ids = out[:, inputs["input_ids"].shape[1]:]
