@@ -15,7 +15,7 @@ from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
 from vcap.model.export import export_model
 from vcap.model.loading import count_parameters, load_policy, load_processor
-from vcap.model.memory_check import check_memory
+from vcap.model.memory_check import SHARDING_STRATEGIES, check_memory
 from vcap.model.precision import check_trainable_precision
 from vcap.rewards import RewardSet, parse_completion
 from vcap.rewards.caption import sample_events
@@ -254,7 +254,12 @@ class CaptionPolicyModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
     def on_train_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if not self.hparams.export_dir:
+            return
+        if type(self.trainer.strategy).__name__ in SHARDING_STRATEGIES:  # rank 0 holds only a shard of each weight
+            log.warning("export_dir is not written under %s yet (each rank holds only shards of the weights); "
+                        "the checkpoints are saved as usual", type(self.trainer.strategy).__name__)
+        elif self.trainer.is_global_zero:
             self.export(self.hparams.export_dir)
 
     def export(self, path: str | Path) -> Path:
