@@ -218,10 +218,11 @@ class CaptionPolicyModule(L.LightningModule):
         if not self.syncs_own_gradients:
             return
         opt = self.optimizers()
-        opt.zero_grad()
-        self.sync_gradients()
-        opt.step()
-        self.lr_schedulers().step()
+        for _ in range(self.hparams.get("num_iterations", 1)):  # as many steps (and all-reduces) as the other ranks
+            opt.zero_grad()
+            self.sync_gradients()
+            opt.step()
+            self.lr_schedulers().step()
 
     def keeps_master_weights(self) -> bool:
         """DeepSpeed's bf16 optimizer keeps its own fp32 master copy of low-precision parameters."""
