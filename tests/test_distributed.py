@@ -103,3 +103,24 @@ def test_ddp_fit_resume_and_validate_match_single_process(tmp_path, shapes_manif
     for key, value in single_metrics.items():
         assert ddp_metrics[key] == pytest.approx(value, abs=1e-6), key
     assert ddp_judged == single_judged and sum(single_judged.values()) > 0
+
+
+@pytest.mark.slow
+def test_ddp_rank_with_only_bad_videos_still_joins_the_step(tmp_path, shapes_manifest):
+    records = [json.loads(line) for line in shapes_manifest.read_text().splitlines()]
+    for r in records:  # the copy lives elsewhere: keep the videos reachable
+        r["video"] = str(shapes_manifest.parent / r["video"])
+    train = [r for r in records if r.get("split", "train") == "train"]
+    for i in (1, 3):  # unshuffled, rank 1's first batch is train records 1 and 3: both missing
+        train[i]["video"] = str(tmp_path / f"missing-{i}.mp4")
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    fit = config(manifest, tmp_path, 2, max_steps=2, limit_val_batches=0)
+    fit["model"]["init_args"]["num_iterations"] = 2  # the skipping rank must join both optimizer steps
+    fit["data"]["init_args"]["shuffle"] = False
+    probes = run_vcap("fit", fit, tmp_path, "skips")
+    batches = by_rank(probes, "batch")
+    assert batches[1][0]["ids"] == [] and len(batches[0][0]["ids"]) == 2  # only rank 1's batch was unusable
+    assert all(len(b["ids"]) == 2 for b in batches[0] + batches[1][1:])
+    weights = by_rank(probes, "weights")
+    assert weights[0][0]["checksum"] == pytest.approx(weights[1][0]["checksum"], rel=0, abs=1e-9)
