@@ -82,12 +82,16 @@ def test_print_config_of_paper_recipe_and_lora_swap(tmp_path):
     cfg = yaml.safe_load(out.stdout)
     init = cfg["model"]["init_args"]
     assert init["name_or_path"] == "Qwen/Qwen2-VL-7B-Instruct"
-    assert (init["num_generations"], init["beta"], init["epsilon"], init["learning_rate"]) == (8, 0.04, 0.2, 1e-6)
+    assert (init["num_generations"], init["beta"], init["epsilon"], init["learning_rate"]) == (8, 0.04, 0.2, 1e-5)
     assert init["dtype"] == "bfloat16" and cfg["data"]["init_args"]["max_pixels"] == 360 * 420
-    lora = vcap("fit", "--config", ROOT / "configs/grpo.yaml", "--config", ROOT / "configs/lora.yaml", "--print_config",
-                cwd=tmp_path)
-    peft = yaml.safe_load(lora.stdout)["model"]["init_args"]["peft"]
-    assert peft["class_path"] == "peft.LoraConfig" and peft["init_args"]["r"] == 64
+    assert init["peft"]["class_path"] == "peft.LoraConfig" and init["peft"]["init_args"]["r"] == 64  # LoRA default
+    assert cfg["trainer"]["precision"] == "bf16-mixed"
+    full = vcap("fit", "--config", ROOT / "configs/grpo.yaml", "--config", ROOT / "configs/grpo_fsdp.yaml",
+                "--print_config", cwd=tmp_path)
+    full = yaml.safe_load(full.stdout)
+    init = full["model"]["init_args"]
+    assert init["peft"] is None and init["dtype"] == "float32" and init["learning_rate"] == 1e-6  # fp32 masters
+    assert full["trainer"]["strategy"]["class_path"] == "lightning.pytorch.strategies.FSDPStrategy"
 
 
 NOISE = ("Tip:", "litlogger", "litmodels", "pip install kernels", "LeafSpec", "`max_length` is ignored",

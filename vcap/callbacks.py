@@ -38,11 +38,11 @@ class ValidationReport(L.Callback):
         about = pl_module.describe() if hasattr(pl_module, "describe") else {}
         self.runs.append({"label": label, "global_step": trainer.global_step, "time": time.time(), "metrics": metrics,
                           **about})
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
         if trainer.is_global_zero:
-            self.write(trainer)
+            self.write(log_dir)
 
-    def write(self, trainer: L.Trainer) -> None:
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    def write(self, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / self.filename
         path.write_text(json.dumps({"runs": self.runs, "latest": self.runs[-1]["metrics"]}, indent=2))

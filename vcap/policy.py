@@ -10,9 +10,13 @@ import lightning as L
 import numpy as np
 import torch
 
+from vcap.distributed import all_reduce_gradients, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
+from vcap.model.export import export_model
 from vcap.model.loading import count_parameters, load_policy, load_processor
+from vcap.model.memory_check import SHARDING_STRATEGIES, check_memory
+from vcap.model.precision import check_trainable_precision
 from vcap.rewards import RewardSet, parse_completion
 from vcap.rewards.caption import sample_events
 from vcap.rewards.parsing import subjects_from_json
@@ -26,7 +30,12 @@ class CaptionPolicyModule(L.LightningModule):
 
     Args:
         name_or_path: HF hub id, local directory, or an embedded name ('vcap-tiny', 'vcap-tiny-sft').
-        dtype: weight dtype: float32, bfloat16 or float16.
+        dtype: float32 | bfloat16 | float16 weights. Training keeps trainable weights in fp32 (compute in bf16 with
+            ``trainer.precision: bf16-mixed``): bf16/fp16 trainable weights are refused, see vcap.model.precision.
+        memory_check: before loading for ``fit``, stop when the logged memory estimate exceeds the GPU (false: only
+            log it); see vcap.model.memory.
+        allow_low_precision_training: train bf16/fp16 weights anyway (only with an optimizer built for it, e.g.
+            Kahan summation or stochastic rounding); a warning still states why plain AdamW loses the updates.
         attn_implementation: attention kernel, e.g. 'sdpa', 'flash_attention_2', 'eager' (null: transformers' default).
         gradient_checkpointing: trade compute for activation memory.
         freeze_vision: keep the ViT frozen (it then also gets no LoRA).
@@ -39,7 +48,8 @@ class CaptionPolicyModule(L.LightningModule):
         reward_options: reward name -> constructor options.
         max_new_tokens: generation budget for validation and predict (greedy).
         generation_kwargs: extra ``generate`` options for validation and predict, e.g. {repetition_penalty: 1.2}.
-        export_dir: if set, save the trained model + processor in HF format there when fit ends.
+        export_dir: if set, when fit ends save there the model with LoRA merged, the processor (chat template
+            included) and ``vcap_preprocessing.json``; ``vcap predict`` on that directory preprocesses as in training.
     """
 
     def __init__(self, name_or_path: str = "vcap-tiny", dtype: Literal["float32", "bfloat16", "float16"] = "float32",
@@ -48,7 +58,8 @@ class CaptionPolicyModule(L.LightningModule):
                  load_in_4bit: bool = False, learning_rate: float = 1e-6, weight_decay: float = 0.0,
                  warmup_steps: int = 0, rewards: dict[str, float] | None = None,
                  reward_options: dict[str, dict[str, Any]] | None = None, max_new_tokens: int = 512,
-                 generation_kwargs: dict[str, Any] | None = None, export_dir: str | None = None):
+                 generation_kwargs: dict[str, Any] | None = None, export_dir: str | None = None,
+                 allow_low_precision_training: bool = False, memory_check: bool = True):
         super().__init__()
         self.save_hyperparameters()
         self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
@@ -66,6 +77,8 @@ class CaptionPolicyModule(L.LightningModule):
         self.model = None
         self.processor = None
         self.skipped_videos = 0
+        self.syncs_own_gradients = False
+        self.samples_dir: Path | None = None
 
     def describe(self) -> dict[str, Any]:
         """What produced the numbers: model and judges, written into validation.json."""
@@ -78,6 +91,8 @@ class CaptionPolicyModule(L.LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            check_memory(self, strict=hp.memory_check)
         self.processor = load_processor(hp.name_or_path)
         self.model = load_policy(hp.name_or_path, hp.dtype, hp.attn_implementation, hp.gradient_checkpointing,
                                  hp.freeze_vision, hp.peft, hp.load_in_4bit).train()  # from_pretrained gives eval mode
@@ -179,10 +194,42 @@ class CaptionPolicyModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("no trainable parameters: check freeze_vision / peft settings")
+        if not self.keeps_master_weights():
+            check_trainable_precision(self.model, self.hparams.learning_rate, self.hparams.allow_low_precision_training)
         opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
         warmup = max(self.hparams.warmup_steps, 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- data parallelism (manual optimization) ---------------------------------------------------
+    def on_train_start(self) -> None:
+        self.samples_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: all ranks
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning re-arms DDP's reducer after every step, so switch it off before each one;
+        # see vcap.distributed for why GRPO syncs its own gradients
+        if not self.automatic_optimization:
+            self.syncs_own_gradients = take_over_ddp_gradient_sync(self.trainer.strategy.model)
+
+    def sync_gradients(self) -> None:
+        """Average accumulated gradients over DDP ranks; call once per optimizer step, before clipping."""
+        if self.syncs_own_gradients:
+            all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad])
+
+    def step_without_data(self) -> None:
+        """A rank whose whole batch was skipped still joins the step (zero gradient) so ranks stay in sync."""
+        if not self.syncs_own_gradients:
+            return
+        opt = self.optimizers()
+        for _ in range(self.hparams.get("num_iterations", 1)):  # as many steps (and all-reduces) as the other ranks
+            opt.zero_grad()
+            self.sync_gradients()
+            opt.step()
+            self.lr_schedulers().step()
+
+    def keeps_master_weights(self) -> bool:
+        """DeepSpeed's bf16 optimizer keeps its own fp32 master copy of low-precision parameters."""
+        return type(self.trainer.strategy).__name__ == "DeepSpeedStrategy"
 
     # -- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -211,8 +258,15 @@ class CaptionPolicyModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
     def on_train_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            path = Path(self.hparams.export_dir)
-            self.model.save_pretrained(path)
-            self.processor.save_pretrained(path)
-            log.info("exported HF model to %s", path)
+        if not self.hparams.export_dir:
+            return
+        if type(self.trainer.strategy).__name__ in SHARDING_STRATEGIES:  # rank 0 holds only a shard of each weight
+            log.warning("export_dir is not written under %s yet (each rank holds only shards of the weights); "
+                        "the checkpoints are saved as usual", type(self.trainer.strategy).__name__)
+        elif self.trainer.is_global_zero:
+            self.export(self.hparams.export_dir)
+
+    def export(self, path: str | Path) -> Path:
+        """Merged weights (LoRA folded in), processor + chat template, and the data's frame/pixel settings."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return export_model(self.model, self.processor, path, dict(getattr(datamodule, "hparams", {}) or {}))

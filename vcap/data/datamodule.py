@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 from vcap.data.manifest import read_manifest, records_from_videos
 from vcap.data.sampling import ResumableLoader, ResumableSampler
 from vcap.data.synthetic import ShapesSpec, build_shapes_dataset
-from vcap.data.video import BadVideoError, FrameSampling, decode_frames
+from vcap.data.video import BadVideoError, FrameSampling, decode_clip
 from vcap.errors import UsageError
+from vcap.model.families import QWEN2_VL, ModelFamily, family_for
 from vcap.prompts import DEFAULT_PROMPT, SYSTEM_PROMPT, build_messages
 
 log = logging.getLogger(__name__)
@@ -34,22 +35,23 @@ class VideoRecords(Dataset):
     def __getitem__(self, i: int) -> dict:
         record = self.records[i]
         try:
-            frames, _ = decode_frames(record["video"], self.sampling)
+            frames, metadata = decode_clip(record["video"], self.sampling)
         except BadVideoError as err:
             if self.bad_video == "error":
                 raise BadVideoError(f"{err} (set data.bad_video: skip to skip such videos)") from err
             log.warning("skipping bad video: %s", err)
             return {"record": record, "frames": None, "error": str(err)}
-        return {"record": record, "frames": frames, "error": None}
+        return {"record": record, "frames": frames, "metadata": metadata, "error": None}
 
 
 class PromptCollator:
     """Builds left-padded prompt batches; skipped videos travel along so the step can count them."""
 
-    def __init__(self, processor, prompt: str, system_prompt: str | None, min_pixels: int, max_pixels: int):
+    def __init__(self, processor, prompt: str, system_prompt: str | None, min_pixels: int, max_pixels: int,
+                 family: ModelFamily = QWEN2_VL):
         self.processor, self.prompt, self.system_prompt = processor, prompt, system_prompt
         self._texts: dict[str, str] = {}
-        self.video_kwargs = {"do_sample_frames": False, "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+        self.family, self.min_pixels, self.max_pixels = family, min_pixels, max_pixels
 
     def text(self, prompt: str) -> str:
         """The chat-formatted prompt; a record's own ``prompt`` (benchmarks) overrides the default."""
@@ -64,8 +66,10 @@ class PromptCollator:
         batch: dict[str, Any] = {"records": [it["record"] for it in good], "skipped": skipped, "inputs": None}
         if good:
             texts = [self.text(it["record"].get("prompt", self.prompt)) for it in good]
+            videos_kwargs = self.family.video_kwargs(self.min_pixels, self.max_pixels, [len(it["frames"]) for it in good],
+                                                     [it.get("metadata") for it in good])
             inputs = self.processor(text=texts, videos=[it["frames"] for it in good], padding=True,
-                                    return_tensors="pt", videos_kwargs=self.video_kwargs)
+                                    return_tensors="pt", videos_kwargs=videos_kwargs)
             batch["inputs"] = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         return batch
 
@@ -161,12 +165,15 @@ class CaptionDataModule(L.LightningDataModule):
         self.stage_records(stage)
 
     def setup(self, stage: str) -> None:
-        from vcap.model.loading import load_processor
+        from vcap.model.export import apply_exported_preprocessing
+        from vcap.model.loading import load_processor, resolve_model_path
 
         if self.collator is None:
             hp = self.hparams
+            if apply_exported_preprocessing(hp, type(self), resolve_model_path(hp.processor)):  # as in training
+                self.sampling = FrameSampling(hp.fps, hp.nframes, hp.min_frames, hp.max_frames)
             self.collator = PromptCollator(load_processor(hp.processor), hp.prompt, hp.system_prompt,
-                                           hp.min_pixels, hp.max_pixels)
+                                           hp.min_pixels, hp.max_pixels, family_for(hp.processor))
         if not all(name in self.datasets for name in STAGE_DATASETS[stage]):
             for name, records in self.stage_records(stage).items():
                 self.datasets.setdefault(name, VideoRecords(records, self.sampling, self.hparams.bad_video))

@@ -44,6 +44,13 @@ class FrameSampling:
 
 def decode_frames(path: str | Path, sampling: FrameSampling) -> tuple[np.ndarray, float]:
     """(T, H, W, 3) uint8 frames and the source fps; BadVideoError naming the file on any failure."""
+    frames, metadata = decode_clip(path, sampling)
+    return frames, metadata["fps"]
+
+
+def decode_clip(path: str | Path, sampling: FrameSampling) -> tuple[np.ndarray, dict]:
+    """``decode_frames`` plus the metadata processors use for timing (Qwen2.5-VL's second_per_grid_ts,
+    Qwen3-VL's frame timestamps): source ``fps``, ``total_num_frames`` and the sampled ``frames_indices``."""
     import decord
 
     path = Path(path)
@@ -55,11 +62,12 @@ def decode_frames(path: str | Path, sampling: FrameSampling) -> tuple[np.ndarray
         if total == 0:
             raise BadVideoError(f"video has no frames: {path}")
         video_fps = float(reader.get_avg_fps() or 0.0) or 1.0
-        frames = reader.get_batch(sampling.indices(total, video_fps).tolist()).asnumpy()
+        indices = sampling.indices(total, video_fps).tolist()
+        frames = reader.get_batch(indices).asnumpy()
     except BadVideoError:
         raise
     except Exception as err:  # decord raises its own DECORDError and RuntimeErrors
         raise BadVideoError(f"cannot decode video {path}: {type(err).__name__}: {str(err)[:200]}") from err
     if frames.ndim != 4 or frames.shape[0] == 0 or math.prod(frames.shape) == 0:
         raise BadVideoError(f"video decoded to an empty array: {path}")
-    return frames, video_fps
+    return frames, {"fps": video_fps, "total_num_frames": total, "frames_indices": indices}

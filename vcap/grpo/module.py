@@ -61,7 +61,7 @@ class GRPOModule(CaptionPolicyModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.count_skips(batch)
         if batch["inputs"] is None:
-            return
+            return self.step_without_data()
         hp = self.hparams
         rollout = sample_completions(self.model, batch["inputs"], hp.num_generations, hp.max_completion_length,
                                      self.eos_token_ids, self.tokenizer.pad_token_id, hp.temperature, hp.top_p)
@@ -114,6 +114,7 @@ class GRPOModule(CaptionPolicyModule):
             self.manual_backward(loss)
             for key, value in {"loss": loss.detach(), **part}.items():
                 stats[key] = stats.get(key, 0.0) + value
+        self.sync_gradients()
         if hp.max_grad_norm > 0:
             self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
@@ -143,7 +144,7 @@ class GRPOModule(CaptionPolicyModule):
             self.write_samples(texts, records, rewards)
 
     def write_samples(self, texts: list[str], records: list[dict], rewards: RewardOutput, k: int = 4) -> None:
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        log_dir = self.samples_dir  # trainer.log_dir is a collective under DDP: read once by all ranks
         log_dir.mkdir(parents=True, exist_ok=True)
         reasons = dict(rewards.failures)
         with open(log_dir / "samples.jsonl", "a") as f:

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from vcap.distributed import full_parameters_for_generation
+
 PER_SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+PER_VIDEO_KEYS = ("video_grid_thw", "second_per_grid_ts")  # one row per video (Qwen2.5-VL adds the second)
 
 
 @dataclass
@@ -31,7 +34,7 @@ def repeat_inputs(inputs: dict[str, torch.Tensor], repeats: int) -> dict[str, to
     if "pixel_values_videos" in inputs:
         chunks = inputs["pixel_values_videos"].split(video_rows(inputs).tolist())
         out["pixel_values_videos"] = torch.cat([c for c in chunks for _ in range(repeats)])
-        out["video_grid_thw"] = inputs["video_grid_thw"].repeat_interleave(repeats, dim=0)
+        out.update({k: inputs[k].repeat_interleave(repeats, dim=0) for k in PER_VIDEO_KEYS if k in inputs})
     return out
 
 
@@ -41,7 +44,7 @@ def select(inputs: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, 
     if "pixel_values_videos" in inputs:
         offsets = torch.cat([video_rows(inputs).new_zeros(1), video_rows(inputs).cumsum(0)])
         out["pixel_values_videos"] = inputs["pixel_values_videos"][offsets[start]:offsets[stop]]
-        out["video_grid_thw"] = inputs["video_grid_thw"][start:stop]
+        out.update({k: inputs[k][start:stop] for k in PER_VIDEO_KEYS if k in inputs})
     return out
 
 
@@ -68,9 +71,10 @@ def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: 
     model.eval()
     try:
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(do_sample=False)
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
-                             eos_token_id=eos_token_ids, pad_token_id=pad_token_id, use_cache=True,
-                             suppress_tokens=vision_token_ids(model) or None, **sampling, **generate_kwargs)
+        with full_parameters_for_generation(model):
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
+                                 eos_token_id=eos_token_ids, pad_token_id=pad_token_id, use_cache=True,
+                                 suppress_tokens=vision_token_ids(model) or None, **sampling, **generate_kwargs)
     finally:
         model.train(was_training)
     completion_ids = out[:, inputs["input_ids"].shape[1]:]

@@ -1,4 +1,4 @@
-"""Load a Qwen2-VL-family policy and its processor from a hub id, a local dir or an embedded name."""
+"""Load a Qwen2-VL / Qwen2.5-VL / Qwen3-VL policy and its processor from a hub id, a local dir or an embedded name."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from vcap.model.tiny import GEOMETRIES, ensure_tiny
+from vcap.model.tiny_families import TINY_FAMILY_NAMES, ensure_tiny_family
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +16,8 @@ EMBEDDED = {
     "vcap-tiny": "random-weight tiny Qwen2-VL for tests, built on first use",
     "vcap-tiny-sft": "vcap-tiny after the demo SFT warm start (configs/demo/sft.yaml), shipped in vcap/assets",
     "vcap-demo": "random-weight small Qwen2-VL (hidden 128, head_dim 32), built on first use",
+    "vcap-tiny-qwen2.5-vl": "random-weight tiny Qwen2.5-VL (real processor classes), built on first use",
+    "vcap-tiny-qwen3-vl": "random-weight tiny Qwen3-VL (real processor classes), built on first use",
 }
 # LoRA goes on the language model's linear layers only; the ViT stays as it is by default.
 LANGUAGE_MODEL_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -28,6 +31,8 @@ class ModelNotFoundError(RuntimeError):
 def resolve_model_path(name_or_path: str) -> str:
     if name_or_path in GEOMETRIES:
         return str(ensure_tiny(name_or_path))
+    if name_or_path in TINY_FAMILY_NAMES:
+        return str(ensure_tiny_family(name_or_path))
     if name_or_path in EMBEDDED:
         path = ASSETS / name_or_path
         if not (path / "config.json").exists():
@@ -43,12 +48,12 @@ def _not_found(name_or_path: str, err: Exception) -> ModelNotFoundError:
     if local.exists():
         hint = f"the local directory {local} exists but could not be loaded; it needs config.json, weights and processor files"
     elif looks_local:
-        hint = (f"the local directory {local} does not exist; point model.name_or_path at a saved model "
+        hint = (f"the local directory {local} does not exist; point --model.init_args.name_or_path at a saved model "
                 f"(config.json, weights, processor files), a hub id, or an embedded name: {sorted(EMBEDDED)}")
     else:
-        hint = ("set model.name_or_path to a local directory (with config.json, weights and processor files) "
+        hint = ("set --model.init_args.name_or_path to a local directory (with config.json, weights and processor files) "
                 "or a Hugging Face hub id such as Qwen/Qwen2-VL-7B-Instruct. Offline machines need the files first: "
-                f"`huggingface-cli download {name_or_path}` on a machine with network, then copy the cache or the "
+                f"`hf download {name_or_path}` on a machine with network, then copy the cache or the "
                 f"directory over. Embedded names: {sorted(EMBEDDED)}")
     return ModelNotFoundError(f"cannot load model {name_or_path!r}: {type(err).__name__}: {err}\n  -> {hint}")
 

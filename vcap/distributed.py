@@ -1,0 +1,89 @@
+"""Data parallelism for modules that run their own backward passes (GRPO's manual optimization).
+
+Why vcap syncs GRPO gradients itself under DDP: DDP's reducer assumes one backward per wrapped forward.
+Lightning calls ``training_step`` through the DDP wrapper, and a GRPO step samples, scores and then runs
+several backward passes (one per micro-batch) inside that single forward. The reducer then records a
+gradient order on each rank during step 1 and rebuilds its buckets from it at step 2; the ranks' layouts
+disagree and step 2 dies in ``_pre_forward`` with "RuntimeError: Empty bucket specified" (issue 11).
+So for manual optimization the reducer is switched off (``require_backward_grad_sync = False``, the
+switch DDP's own ``no_sync`` uses) and the accumulated gradients are averaged once per optimizer step,
+in flat buckets, by :func:`all_reduce_gradients`. That is also the right amount of communication for
+gradient accumulation: one all-reduce per step, not one per micro-batch.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+BUCKET_ELEMENTS = 25 * 2**20 // 4  # about 25 MB of fp32, DDP's default bucket size
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def take_over_ddp_gradient_sync(wrapped: torch.nn.Module) -> bool:
+    """Switch DDP's reducer off for ``wrapped`` (the strategy's model); True if it was a DDP module."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(wrapped, DistributedDataParallel):
+        return False
+    wrapped.require_backward_grad_sync = False
+    return True
+
+
+@torch.no_grad()
+def all_reduce_gradients(params: list[torch.nn.Parameter], bucket_elements: int = BUCKET_ELEMENTS) -> None:
+    """Average ``.grad`` over all ranks. Parameters without a gradient count as zero gradients, so every
+    rank issues the same collectives in the same order even when a rank skipped its batch."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for p in params:  # one flat buffer per (device, dtype), cut into buckets
+        groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+    for grads in groups.values():
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for g in grads + [None]:
+            if g is not None and (size + g.numel() <= bucket_elements or not bucket):
+                bucket.append(g)
+                size += g.numel()
+                continue
+            if bucket:
+                flat = torch.cat([t.reshape(-1) for t in bucket])
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                flat.div_(world)
+                offset = 0
+                for t in bucket:
+                    t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                    offset += t.numel()
+            bucket, size = ([g], g.numel()) if g is not None else ([], 0)
+
+
+@contextmanager
+def full_parameters_for_generation(model: torch.nn.Module):
+    """Generation under FSDP2 sees full weights: ``generate`` encodes the video before any forward (transformers
+    >= 5.18), which would reach the root unit's parameters while they are still sharded. The root's own
+    parameters (embeddings, LM head, ViT patch embedding and merger) are gathered for the whole call; every
+    ``fully_shard``-ed block gathers its own in its forward as usual. FSDP1 (Lightning's FSDPStrategy) needs
+    nothing: vcap generates inside the wrapped root's forward, where the root is already gathered."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        FSDPModule = ()
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    # FSDP2 initialises its root state on the root's first forward; generate() may reach inner blocks first
+    model._get_fsdp_state()._lazy_init()
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
