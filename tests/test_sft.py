@@ -27,7 +27,9 @@ def test_sft_loss_falls_on_repeated_batch(tmp_path, tiny_path, shapes_manifest):
     first, last = history.losses[0], history.losses[-1]
     assert len(history.losses) == 6
     assert first > 3.0  # a random tiny model: near-uniform over its vocabulary
-    assert last < 0.8 * first and all(b < a for a, b in zip(history.losses, history.losses[1:])), history.losses
+    # Adam on one repeated batch may bounce once; the trend must still fall clearly
+    early, late = sum(history.losses[:3]) / 3, sum(history.losses[3:]) / 3
+    assert last < 0.8 * first and late < 0.85 * early, history.losses
 
 
 def test_sft_targets_need_structure_and_caption(tiny_path):
