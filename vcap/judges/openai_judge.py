@@ -25,14 +25,16 @@ class OpenAIJudge(LLMJudge):
         parse_retries: extra asks when a reply does not parse.
         concurrency: requests in flight at once.
         cache: SQLite file of replies keyed by (model, prompt, sampling); None disables it.
-        prompt_file: JSON file overriding the built-in prompt texts.
+        prompt_file: JSON file overriding the built-in prompt texts (see vcap.judges.prompts).
+        retry_temperature: temperature of re-asks under the robust protocol (a greedy re-ask repeats itself).
     """
 
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 512, timeout: float = 60.0, max_retries: int = 3,
                  parse_retries: int = 2, concurrency: int = 16, cache: str | None = "judge_cache.sqlite",
-                 prompt_file: str | None = None, max_events: int = 10):
-        super().__init__(model, temperature, max_tokens, parse_retries, cache, prompt_file, max_events)
+                 prompt_file: str | None = None, max_events: int = 10, retry_temperature: float = 0.7):
+        super().__init__(model, temperature, max_tokens, parse_retries, cache, prompt_file, max_events,
+                         retry_temperature)
         self.base_url, self.api_key_env = base_url, api_key_env
         self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
 
@@ -42,7 +44,17 @@ class OpenAIJudge(LLMJudge):
     def __repr__(self) -> str:  # no key material, ever
         return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r})"
 
-    def complete(self, prompts: list[str]) -> list[str | Exception]:
+    def complete(self, requests):
+        out: list = [None] * len(requests)
+
+        def keep(i, reply):
+            out[i] = reply
+        self.stream(requests, keep)
+        return out
+
+    def stream(self, requests, on_reply) -> None:
+        """Concurrent calls; each reply is handed over the moment it arrives. The request body holds exactly
+        the messages and the sampling keys given (official protocols: often none at all)."""
         from openai import AsyncOpenAI
 
         async def main():
@@ -50,17 +62,17 @@ class OpenAIJudge(LLMJudge):
                                  timeout=self.timeout, max_retries=self.max_retries)
             semaphore = asyncio.Semaphore(self.concurrency)
 
-            async def one(prompt: str) -> str | Exception:
+            async def one(i: int, messages: list[dict], sampling: dict) -> None:
                 async with semaphore:
                     try:
-                        response = await client.chat.completions.create(
-                            model=self.model, messages=[{"role": "user", "content": prompt}],
-                            temperature=self.temperature, max_tokens=self.max_tokens)
-                    except Exception as err:  # reported per prompt; the SDK already retried
-                        return err
-                return response.choices[0].message.content or ""
+                        response = await client.chat.completions.create(model=self.model, messages=messages,
+                                                                        **sampling)
+                        reply = response.choices[0].message.content or ""
+                    except Exception as err:  # reported per request; the SDK already retried
+                        reply = err
+                on_reply(i, reply)
             try:
-                return await asyncio.gather(*(one(p) for p in prompts))
+                await asyncio.gather(*(one(i, m, s) for i, (m, s) in enumerate(requests)))
             finally:
                 await client.close()
-        return asyncio.run(main())
+        asyncio.run(main())
