@@ -285,3 +285,88 @@ def test_point12_message_shapes_and_list_formatting():
     assert [m["role"] for m in recall["body"]["messages"]] == ["user"]
     _, _, requests = run_vdc(script, vdc_records([{"question": "Q?", "answer": "red"}]), ["c"], "official")
     assert {tuple(m["role"] for m in r["body"]["messages"]) for r in requests} == {("system", "user")}
+
+
+def test_point15_f1_of_zero_precision_and_recall_is_nan_officially():
+    from vcap.bench.scoring import AutoDQSample
+
+    samples = [AutoDQSample("a", ["neutral"], ["contradiction"])]  # P = R = 0: the official count_f1 gives nan
+    assert math.isnan(autodq(samples, nan_f1=True)["overall"]["f1"])
+    assert math.isnan(autodq(samples, nan_f1=True)["sources"]["a"]["f1"])
+    assert autodq(samples)["overall"]["f1"] == 0.0  # robust reports 0
+    assert math.isnan(autodq([AutoDQSample("a", None, None, failed=True)], nan_f1=True)["overall"]["recall"])
+
+
+def test_prompt_file_reproduces_official_style_requests_byte_for_byte(tmp_path):
+    """A prompt file written like the official f-strings gives the requests the official code builds (our own
+    stand-in text here; the official strings go the same way, see README)."""
+    prompts = {"official": {
+        "extract_events": "Read this.\nVideo Description: {text:lower,squote}\n\nGive {{\"events\": [...]}}",
+        "entail_events": "Judge.\nVideo Description:\n{premise:lower}\n\nEvents: {hypotheses:pylist}\n"
+                         "Output {{\n  \"events\": [...]\n}}\nOutput:",
+        "answer_question": {"system": "You answer.", "user": "Answer:\n\ndetailed description: {text}, "
+                                                              "question: {question}Short answer only."},
+        "grade_answer": {"system": "You grade.", "user": "Grade:\n\nQuestion: {question}\nCorrect Answer: {answer}"
+                                                         "\nPredicted Answer: {prediction}\n\nDict only."},
+    }}
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    reference, caption = 'A man says "Hi".\nHe leaves.', "The Man WAVES."
+    gt = ["A man says hi.", "It's late."]
+
+    # what the official code sends (its f-strings over its lower-cased / quote-replaced inputs)
+    def official_extract(text):
+        text = text.lower().replace("\"", "'")
+        return "Read this.\n" f"Video Description: {text}\n\n" "Give {\"events\": [...]}"
+
+    def official_entail(events, reference_text, prediction):
+        if len(events) == 0:
+            events = [reference_text.replace('\n', ' ')]
+        return ("Judge.\n" f"Video Description:\n{prediction}\n\n" f"Events: {events}\n"
+                "Output {\n  \"events\": [...]\n}\nOutput:")
+    want = [[{"role": "user", "content": official_extract(caption)}],
+            [{"role": "user", "content": official_entail(gt, reference.lower(), caption.lower())}],
+            [{"role": "user", "content": official_entail([], caption.lower(), reference.lower())}]]
+
+    def script(body):
+        content = body["messages"][0]["content"]
+        if content.startswith("Read this."):
+            return ("reply", "{'events': []}")
+        n = content.count("', ") + 1 if "Events: ['a man" in content or "Events: ['A man" in content else 1
+        return ("reply", json.dumps({"events": [{"event": "e", "relationship": "neutral"}] * n}))
+
+    with ScriptedServer(script) as server:
+        judge = build_judge("openai", model="judge", base_url=server.url, cache=None, max_retries=0,
+                            prompt_file=str(tmp_path / "p.json"))
+        details, _ = judge_autodq([record(0, reference, gt)], [caption], judge, ("events",), "official", DREAM)
+        assert [b["messages"] for b in server.requests] == want
+        assert all(set(b) == {"model", "messages"} for b in server.requests)
+
+    q, a, pred_cap = "What colour?", "red", "A red car."
+    want_answer = [{"role": "system", "content": "You answer."},
+                   {"role": "user", "content": "Answer:\n\n" f"detailed description: {pred_cap}, question: {q}"
+                                               "Short answer only."}]
+    want_grade = [{"role": "system", "content": "You grade."},
+                  {"role": "user", "content": "Grade:\n\n" f"Question: {q}\n" f"Correct Answer: {a}\n"
+                                              f"Predicted Answer:  red\n\n" "Dict only."}]
+    with ScriptedServer(lambda body: ("reply", " red" if body["messages"][0]["content"] == "You answer."
+                                      else "{'pred': 'yes', 'score': 5}")) as server:
+        judge = build_judge("openai", model="judge", base_url=server.url, cache=None, max_retries=0,
+                            prompt_file=str(tmp_path / "p.json"))
+        judge_vdc(vdc_records([{"question": q, "answer": a}]), [pred_cap], judge, "official", OFFICIAL_SAMPLING["vdc"])
+        assert [b["messages"] for b in server.requests] == [want_answer, want_grade]  # the raw answer is graded
+
+
+def test_prompt_file_errors_name_the_prompt_and_field(tmp_path):
+    from vcap.judges.prompts import load_prompts
+
+    (tmp_path / "p.json").write_text(json.dumps({"official": {"entail_events": "Events: {events}"}}))
+    with pytest.raises(ValueError, match=r"prompt 'entail_events' uses \{events\}; its fields are"):
+        load_prompts(str(tmp_path / "p.json"))
+    (tmp_path / "p.json").write_text(json.dumps({"official": {"extract_events": "{text:upper}"}}))
+    with pytest.raises(ValueError, match=r"unknown transform\(s\) \['upper'\]"):
+        load_prompts(str(tmp_path / "p.json"))
+    (tmp_path / "p.json").write_text(json.dumps({"official": {"extract_events": "Give {\"events\": []} {text}"}}))
+    with pytest.raises(ValueError, match="literal braces"):
+        load_prompts(str(tmp_path / "p.json"))
+    (tmp_path / "p.json").write_text(json.dumps({"official": {"entail_objects": {"user": "{premise}", "reply_key": "items"}}}))
+    assert load_prompts(str(tmp_path / "p.json"))["official"]["entail_objects"].reply_key == "items"

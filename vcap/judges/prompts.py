@@ -195,7 +195,8 @@ def _check(template: str, name: str, where: str) -> None:
         if field is None:
             continue
         if field not in FIELDS[name]:
-            raise ValueError(f"{where}: prompt '{name}' uses {{{field}}}; its fields are {sorted(FIELDS[name])}")
+            raise ValueError(f"{where}: prompt '{name}' uses {{{field}}}; its fields are {sorted(FIELDS[name])} "
+                             "(write literal braces as {{ and }})")
         bad = [s for s in (spec or "").split(",") if s.strip() and s.strip() not in TRANSFORMS]
         if bad or conversion:
             raise ValueError(f"{where}: prompt '{name}' field {{{field}}} has unknown transform(s) "
