@@ -143,7 +143,3 @@ def test_carebench_frames_are_the_middle_of_each_segment(tmp_path, videos):
     from vcap.bench.datamodule import BenchDataModule
     dm = BenchDataModule("carebench", "m.json", str(tmp_path), nframes=32, fps=None, frame_sampling="segment_middle")
     assert isinstance(dm.sampling, SegmentMiddleSampling)
-    with pytest.raises(ValueError, match="official_drop_zero is a VDC setting"):
-        BenchDataModule("dream1k", "a", "b", official_drop_zero=True)
-    with pytest.raises(ValueError, match="unknown protocol 'exact'"):
-        BenchDataModule("vdc", "a", "b", protocol="exact")

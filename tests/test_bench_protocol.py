@@ -370,3 +370,14 @@ def test_prompt_file_errors_name_the_prompt_and_field(tmp_path):
         load_prompts(str(tmp_path / "p.json"))
     (tmp_path / "p.json").write_text(json.dumps({"official": {"entail_objects": {"user": "{premise}", "reply_key": "items"}}}))
     assert load_prompts(str(tmp_path / "p.json"))["official"]["entail_objects"].reply_key == "items"
+
+
+def test_point15_official_drop_zero_is_rejected_where_it_means_nothing():
+    from vcap.bench.datamodule import BenchDataModule
+
+    for bench in ("dream1k", "carebench"):
+        with pytest.raises(ValueError, match=f"official_drop_zero is a VDC setting.*{bench}"):
+            BenchDataModule(bench, "a", "b", official_drop_zero=True)
+    with pytest.raises(ValueError, match=r"unknown protocol 'exact'; valid: \['official', 'robust'\]"):
+        BenchDataModule("vdc", "a", "b", protocol="exact")
+    assert BenchDataModule("vdc", "a", "b").protocol == "official"
