@@ -150,7 +150,7 @@ class BenchEvaluator:
     def print_table(self, results: dict) -> None:
         judge = results["judge"]
         caption = (f"protocol: {results['protocol']} · judge: {judge.get('backend')} {judge.get('model', '')} "
-                   f"· {len(results['bad_videos'])} bad video(s) · -> {self.out / 'results.json'}")
+                   f"· {len({b['video'] for b in results['bad_videos']})} bad video(s) · -> {self.out / 'results.json'}")
         table = Table(title=f"{self.bench} — {results['model']} ({results['samples']} samples)", caption=caption)
         if self.bench == "vdc":
             scores = results["vdcscore"]
