@@ -83,7 +83,8 @@ def test_validate_bench_end_to_end_and_resume(tmp_path, shapes_manifest, bench):
     again = json.loads((out / "results.json").read_text())
     for key in ("events", "objects", "vdcscore"):
         assert again.get(key) == results.get(key)
-    assert results["judge"] == {"backend": "openai", "model": "judge", "temperature": 0.0, "base_url": server.url}
+    assert results["judge"] == {"backend": "openai", "model": "judge", "temperature": 0.0, "base_url": server.url,
+                                "response_format": "json_schema"}
     assert results["protocol"] == "official" and "protocol: official" in first.stdout
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert all("completion" in r and "caption" in r for r in records if "bad_video" not in r)

@@ -21,6 +21,7 @@ from vcap.judges.cache import ReplyCache, cache_key
 from vcap.judges.llm_text import (ReplyError, official_grade, official_items, official_verdicts, parse_answer,
                                   parse_grade, parse_items, parse_json_object, parse_rating, parse_verdicts)
 from vcap.judges.prompts import load_prompts
+from vcap.judges.schemas import reply_schema
 from vcap.rewards.parsing import subjects_from_json
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class LLMJudge(Judge):
         self.cache = ReplyCache(cache) if cache else None
         self.calls = 0  # requests actually sent to the backend (cache misses and re-asks)
         self.failures = 0
+        self.structured_output = False  # backends that can constrain replies to a JSON schema switch this on
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "temperature": self.temperature}
@@ -129,6 +131,9 @@ class LLMJudge(Judge):
         if protocol == "official":  # any failed try (transport or parse) is tried again, as the official loops do
             return Job(template.messages(**values), parse, dict(sampling or {}), attempts, retry_errors=True)
         first, retry = self.robust_sampling()
+        schema = reply_schema(name, values.get("count"), values.get("max_items")) if self.structured_output else None
+        if schema is not None:  # the backend turns it into the server's response_format
+            first, retry = {**first, "json_schema": schema}, {**retry, "json_schema": schema}
         return Job(template.messages(**values), parse, first, 1 + self.parse_retries, retry)
 
     def reply_key(self, protocol: str, name: str) -> str | None:

@@ -8,10 +8,14 @@ written to configs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 from vcap.judges.base import register_judge
 from vcap.judges.llm import LLMJudge
+
+log = logging.getLogger(__name__)
+RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
 
 
 @register_judge("openai")
@@ -27,19 +31,31 @@ class OpenAIJudge(LLMJudge):
         cache: SQLite file of replies keyed by (model, prompt, sampling); None disables it.
         prompt_file: JSON file overriding the built-in prompt texts (see vcap.judges.prompts).
         retry_temperature: temperature of re-asks under the robust protocol (a greedy re-ask repeats itself).
+        response_format: how robust-protocol requests ask for JSON that follows the reply's schema: 'auto'
+            (OpenAI-style json_schema, as vLLM, SGLang, llama.cpp's llama-server and OpenAI accept; on a 400/422
+            the next form), 'json_schema', 'json_object' ({"type": "json_object", "schema": ...}, as
+            llama-cpp-python's server accepts) or 'none' (plain text). Official-protocol requests never carry it.
     """
 
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 512, timeout: float = 60.0, max_retries: int = 3,
                  parse_retries: int = 2, concurrency: int = 16, cache: str | None = "judge_cache.sqlite",
-                 prompt_file: str | None = None, max_events: int = 10, retry_temperature: float = 0.7):
+                 prompt_file: str | None = None, max_events: int = 10, retry_temperature: float = 0.7,
+                 response_format: str = "auto"):
         super().__init__(model, temperature, max_tokens, parse_retries, cache, prompt_file, max_events,
                          retry_temperature)
+        if response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"response_format must be one of {list(RESPONSE_FORMATS)}, got {response_format!r}")
         self.base_url, self.api_key_env = base_url, api_key_env
         self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
+        self.response_format = response_format
+        self.structured_output = response_format != "none"
+        # the forms still to try, best first; 'auto' drops a form the server rejects
+        self._forms = {"auto": ["json_schema", "json_object", "none"], "none": ["none"]}.get(
+            response_format, [response_format])
 
     def describe(self):
-        return {**super().describe(), "base_url": self.base_url}
+        return {**super().describe(), "base_url": self.base_url, "response_format": self._forms[0]}
 
     def __repr__(self) -> str:  # no key material, ever
         return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r})"
@@ -55,7 +71,7 @@ class OpenAIJudge(LLMJudge):
     def stream(self, requests, on_reply) -> None:
         """Concurrent calls; each reply is handed over the moment it arrives. The request body holds exactly
         the messages and the sampling keys given (official protocols: often none at all)."""
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, BadRequestError, UnprocessableEntityError
 
         async def main():
             client = AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
@@ -63,13 +79,30 @@ class OpenAIJudge(LLMJudge):
             semaphore = asyncio.Semaphore(self.concurrency)
 
             async def one(i: int, messages: list[dict], sampling: dict) -> None:
+                schema = sampling.get("json_schema")
                 async with semaphore:
-                    try:
-                        response = await client.chat.completions.create(model=self.model, messages=messages,
-                                                                        **sampling)
-                        reply = response.choices[0].message.content or ""
-                    except Exception as err:  # reported per request; the SDK already retried
-                        reply = err
+                    while True:
+                        form = self._forms[0] if schema else "none"
+                        kwargs = {k: v for k, v in sampling.items() if k != "json_schema"}
+                        if form == "json_schema":
+                            kwargs["response_format"] = {"type": "json_schema", "json_schema": schema}
+                        elif form == "json_object":
+                            kwargs["response_format"] = {"type": "json_object", "schema": schema["schema"]}
+                        try:
+                            response = await client.chat.completions.create(model=self.model, messages=messages,
+                                                                            **kwargs)
+                            reply = response.choices[0].message.content or ""
+                        except (BadRequestError, UnprocessableEntityError) as err:
+                            if form != "none" and self.response_format == "auto":
+                                if self._forms[0] == form and len(self._forms) > 1:
+                                    self._forms.pop(0)  # the server does not take this form: use the next
+                                    log.info("judge server rejected response_format %s (%s); trying %s", form,
+                                             str(err)[:120], self._forms[0])
+                                continue
+                            reply = err
+                        except Exception as err:  # reported per request; the SDK already retried
+                            reply = err
+                        break
                 on_reply(i, reply)
             try:
                 await asyncio.gather(*(one(i, m, s) for i, (m, s) in enumerate(requests)))
