@@ -140,16 +140,18 @@ def items_reply(req: dict, items: list[str]) -> str:
     return repr({key: items}) if req["protocol"] == "official" else json.dumps({key: items})
 
 
-def scripted_judge(body: dict, entailed: dict[str, set[str]] | None = None) -> str:
+def scripted_judge(body: dict, entailed: dict[str, set[str]] | None = None, entail_word: str | None = None) -> str:
     """A deterministic judge for either prompt set: extraction splits sentences, entailment looks premises up in
-    ``entailed`` (case-insensitively), VDC answers 'red' to colour questions and grades 'red' yes/4, else no/1."""
+    ``entailed`` (case-insensitively) or entails every item containing ``entail_word``, VDC answers 'red' to
+    colour questions and grades 'red' yes/4, else no/1."""
     req = parse_request(body)
     entailed = {k.lower(): {v.lower() for v in vs} for k, vs in (entailed or {}).items()}
     if req["task"].startswith("extract"):
         return items_reply(req, [s for s in re.split(r"(?<=\.)\s+", req["text"]) if s])
     if req["task"].startswith("entail"):
         ok = entailed.get(req["premise"].lower(), set())
-        return verdict_reply(req, {item for item in req["items"] if item.lower() in ok})
+        return verdict_reply(req, {item for item in req["items"]
+                                   if item.lower() in ok or (entail_word and entail_word in item.lower())})
     if req["task"] == "answer":
         answer = "red" if "colour" in req["question"] else "unknown"
         return answer if req["protocol"] == "official" else json.dumps({"answer": answer})
