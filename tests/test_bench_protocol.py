@@ -381,3 +381,26 @@ def test_point15_official_drop_zero_is_rejected_where_it_means_nothing():
     with pytest.raises(ValueError, match=r"unknown protocol 'exact'; valid: \['official', 'robust'\]"):
         BenchDataModule("vdc", "a", "b", protocol="exact")
     assert BenchDataModule("vdc", "a", "b").protocol == "official"
+
+
+def test_carebench_wrong_entry_count_fails_at_once_where_dream_tries_again():
+    """CaReBench's loop logs with logger.error(..., flush=True), which raises TypeError on the count-mismatch and
+    transport paths: the sample fails on the first such reply. Tarsier's print(..., flush=True) does not."""
+    asked = Counter()
+
+    def script(req, body):
+        if req["task"].startswith("extract"):
+            return items_reply(req, ["a cat naps."])
+        asked[req["premise"]] += 1
+        if asked[req["premise"]] == 1:  # first entailment reply of each call has one entry too many
+            return verdict_reply({**req, "items": req["items"] + ["extra"]}, set())
+        return verdict_reply(req, set(req["items"]))
+
+    records, captions = [record(0, "A cat naps.", ["A cat naps."], "overall")], ["A cat naps."]
+    with ScriptedServer(lambda body: ("reply", script(parse_request(body), body))) as server:
+        _, care = judge_autodq(records, captions, judge_at(server), ("events",), "official", {}, carebench=True)
+        assert autodq(care["events"])["failed"] == 1
+        assert sum(parse_request(b)["task"] == "entail_events" for b in server.requests) == 1
+    asked.clear()
+    _, dream, _ = run_autodq(script, records, captions, "official")
+    assert autodq(dream["events"])["failed"] == 0 and autodq(dream["events"])["overall"]["f1"] == 1.0

@@ -122,7 +122,7 @@ class BenchEvaluator:
                     videos += items
                 else:
                     judged, by_kind = judge_autodq(records[chunk], captions[chunk], self.judge, kinds, self.protocol,
-                                                   OFFICIAL_SAMPLING[self.bench])
+                                                   OFFICIAL_SAMPLING[self.bench], carebench=self.bench == "carebench")
                     for kind in kinds:
                         samples[kind] += by_kind[kind]
                 for d, j in zip(details[chunk], judged):

@@ -40,16 +40,19 @@ def _extract(judge, texts: list[str], kind: str, protocol: str, sampling: dict):
     return judge.extract_events(texts) if kind == "events" else judge.extract_objects(texts)
 
 
-def _entail(judge, requests: list[tuple[str, list, str]], kind: str, protocol: str, sampling: dict):
+def _entail(judge, requests: list[tuple[str, list, str]], kind: str, protocol: str, sampling: dict,
+            one_shot_errors: bool = False):
     if protocol == "official":
-        return judge.entail(requests, kind, "official", sampling)
+        return judge.entail(requests, kind, "official", sampling, one_shot_errors)
     return judge.entail_many([(premise, items) for premise, items, _ in requests])
 
 
 def judge_autodq(records: list[dict], captions: list[str], judge, kinds: tuple[str, ...] = ("events",),
-                 protocol: str = "official", sampling: dict | None = None
+                 protocol: str = "official", sampling: dict | None = None, carebench: bool = False
                  ) -> tuple[list[dict], dict[str, list[AutoDQSample]]]:
-    """AutoDQ for each of ``kinds`` ('events', 'objects'): (details per record, {kind: samples})."""
+    """AutoDQ for each of ``kinds`` ('events', 'objects'): (details per record, {kind: samples}).
+    ``carebench``: CaReBench's entailment loop, where a wrong entry count or a transport failure fails the sample
+    at once instead of costing one of the 10 tries."""
     official, sampling = protocol == "official", sampling or {}
     state = [{kind: {"gt": r.get(kind), "pred": None, "recall_verdicts": None, "precision_verdicts": None,
                      "errors": []} for kind in kinds} for r in records]
@@ -82,10 +85,10 @@ def judge_autodq(records: list[dict], captions: list[str], judge, kinds: tuple[s
             results = _extract(judge, [captions[i] for i in todo], kind, protocol, sampling)
         elif stage == "recall":
             results = _entail(judge, [(captions[i], state[i][kind]["gt"], records[i]["reference"]) for i in todo],
-                              kind, protocol, sampling)
+                              kind, protocol, sampling, carebench)
         else:
             results = _entail(judge, [(records[i]["reference"], state[i][kind]["pred"], captions[i]) for i in todo],
-                              kind, protocol, sampling)
+                              kind, protocol, sampling, carebench)
         for i, result in zip(todo, results):
             value = result.verdicts if stage in ("recall", "precision") else result.items
             slot = {"gt": "gt", "pred": "pred"}.get(stage, f"{stage}_verdicts")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from vcap.judges.base import EntailmentResult, ExtractionResult, Judge, RatingResult
 from vcap.judges.cache import ReplyCache, cache_key
-from vcap.judges.llm_text import (ReplyError, official_grade, official_items, official_verdicts, parse_answer,
+from vcap.judges.llm_text import (ReplyCountError, ReplyError, official_grade, official_items, official_verdicts, parse_answer,
                                   parse_grade, parse_items, parse_json_object, parse_rating, parse_verdicts)
 from vcap.judges.prompts import load_prompts
 from vcap.judges.schemas import reply_schema
@@ -37,6 +37,7 @@ class Job:
     attempts: int = 1
     retry_sampling: dict | None = None  # sampling of re-asks (None: the same as the first ask)
     retry_errors: bool = False  # does a transport error (after the SDK's retries) cost a try or end the job
+    fatal: tuple = ()  # ReplyError subclasses that end the job at once, without another try
 
     def key(self) -> str:
         return repr((self.messages, sorted(self.sampling.items())))
@@ -116,6 +117,8 @@ class LLMJudge(Judge):
                         continue
                     except ReplyError as err:
                         answers[k] = (None, f"unparseable reply after {attempt + 1} tries: {err}")
+                        if isinstance(err, job.fatal):
+                            continue
                 if attempt + 1 < job.attempts:
                     retry.append(k)
             pending, attempt = retry, attempt + 1
@@ -164,9 +167,11 @@ class LLMJudge(Judge):
         return [ExtractionResult(v, e) for v, e in self.ask(jobs)]
 
     def entail(self, requests: list[tuple[str, list[str], str]], kind: str, protocol: str = "robust",
-               sampling: dict | None = None) -> list[EntailmentResult]:
+               sampling: dict | None = None, one_shot_errors: bool = False) -> list[EntailmentResult]:
         """For each (premise, items, stand-in): the verdict of each item. Under ``official`` an empty item list
-        is still asked, with ``stand-in`` (the text the items came from) as the single item, and scores 1."""
+        is still asked, with ``stand-in`` (the text the items came from) as the single item, and scores 1.
+        ``one_shot_errors``: a wrong entry count or a transport failure ends the call without another try, as
+        in CaReBench's loop (its ``logger.error(..., flush=True)`` raises TypeError on those paths)."""
         if protocol != "official":
             return self.entail_many([(p, h) for p, h, _ in requests])
         name = f"entail_{kind}"
@@ -174,8 +179,11 @@ class LLMJudge(Judge):
         jobs = []
         for premise, items, stand_in in requests:
             sent = list(items) if items else [stand_in.lower().replace("\n", " ")]
-            jobs.append(self._job(protocol, name, lambda reply, n=len(items): official_verdicts(reply, key, n),
-                                  sampling, premise=premise, hypotheses=sent, count=len(sent)))
+            job = self._job(protocol, name, lambda reply, n=len(items): official_verdicts(reply, key, n),
+                            sampling, premise=premise, hypotheses=sent, count=len(sent))
+            if one_shot_errors:
+                job.retry_errors, job.fatal = False, (ReplyCountError,)
+            jobs.append(job)
         return [EntailmentResult(v, e) for v, e in self.ask(jobs)]
 
     def answer_questions(self, texts: list[str], questions: list[str], protocol: str = "robust",

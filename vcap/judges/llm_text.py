@@ -17,6 +17,10 @@ class ReplyError(ValueError):
     """A judge reply that does not hold the expected JSON."""
 
 
+class ReplyCountError(ReplyError):
+    """An entailment reply with the wrong number of entries (CaReBench's loop fails the sample on it at once)."""
+
+
 _FENCE = re.compile(r"```(?:json|python)?\s*(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
 
@@ -153,7 +157,7 @@ def official_verdicts(reply: str, key: str, sent: int) -> list[str]:
     except Exception as err:
         raise ReplyError(f"not JSON with '{key}' after the official repairs: {reply[:120]!r}") from err
     if not ok_count:
-        raise ReplyError(f"expected {sent or 1} '{key}' entries, got {len(filled)}")
+        raise ReplyCountError(f"expected {sent or 1} '{key}' entries, got {len(filled)}")
     try:
         verdicts = [item["relationship"].strip().lower() for item in filled]
     except Exception as err:
