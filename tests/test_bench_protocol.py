@@ -404,3 +404,31 @@ def test_carebench_wrong_entry_count_fails_at_once_where_dream_tries_again():
     asked.clear()
     _, dream, _ = run_autodq(script, records, captions, "official")
     assert autodq(dream["events"])["failed"] == 0 and autodq(dream["events"])["overall"]["f1"] == 1.0
+
+
+def test_official_repeated_requests_are_separate_calls_and_replay_from_the_cache(tmp_path):
+    """Two videos with the same question, answer and predicted answer: AuroraCap's script grades both (at
+    temperature 1 they may differ); robust asks once. A second official run replays both from the cache."""
+    records = [{"id": f"v{i}/short", "video_id": f"v{i}", "dimension": "short",
+                "qa": [{"question": "What colour?", "answer": "red"}]} for i in range(2)]
+
+    def script(body):
+        req = parse_request(body)
+        if req["task"] == "answer":
+            return ("reply", "red" if req["protocol"] == "official" else '{"answer": "red"}')
+        return ("reply", repr({"pred": "yes", "score": 5}) if req["protocol"] == "official" else
+                '{"pred": "yes", "score": 5}')
+
+    with ScriptedServer(script) as server:
+        for protocol, grades in (("official", 2), ("robust", 1)):
+            before = len(server.requests)
+            judge_vdc(records, ["A red car.", "A red car."], judge_at(server), protocol, OFFICIAL_SAMPLING["vdc"])
+            asked = [parse_request(b)["task"] for b in server.requests[before:]]
+            assert asked.count("grade") == grades and asked.count("answer") == grades
+        cached = dict(model="judge", base_url=server.url, cache=str(tmp_path / "c.sqlite"), max_retries=0)
+        judge_vdc(records, ["A red car.", "A red car."], build_judge("openai", **cached), "official",
+                  OFFICIAL_SAMPLING["vdc"])
+        before = len(server.requests)
+        again = build_judge("openai", **cached)
+        judge_vdc(records, ["A red car.", "A red car."], again, "official", OFFICIAL_SAMPLING["vdc"])
+        assert len(server.requests) == before and again.calls == 0

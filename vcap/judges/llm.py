@@ -38,6 +38,7 @@ class Job:
     retry_sampling: dict | None = None  # sampling of re-asks (None: the same as the first ask)
     retry_errors: bool = False  # does a transport error (after the SDK's retries) cost a try or end the job
     fatal: tuple = ()  # ReplyError subclasses that end the job at once, without another try
+    distinct: bool = False  # official: a repeated request is a call of its own (the official code asks it again)
 
     def key(self) -> str:
         return repr((self.messages, sorted(self.sampling.items())))
@@ -54,6 +55,7 @@ class LLMJudge(Judge):
         self.calls = 0  # requests actually sent to the backend (cache misses and re-asks)
         self.failures = 0
         self.structured_output = False  # backends that can constrain replies to a JSON schema switch this on
+        self._occurrences: dict[str, int] = {}  # how often each distinct request was asked in this run
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "temperature": self.temperature}
@@ -74,18 +76,26 @@ class LLMJudge(Judge):
         return first, {**first, "temperature": max(self.temperature, self.retry_temperature)}
 
     def ask(self, jobs: list[Job]) -> list[tuple[Any, str | None]]:
-        """(parsed value, None) or (None, error) per job; identical jobs are asked once."""
-        unique: dict[str, Job] = {}
+        """(parsed value, None) or (None, error) per job. Identical jobs are asked once, except ``distinct`` ones:
+        the n-th repeat of a request in this run is its own call, cached under its own key (a re-run replays the
+        same numbering, so it still pays nothing twice)."""
+        unique: dict[tuple[str, int], Job] = {}
+        job_keys = []
         for job in jobs:
-            unique.setdefault(job.key(), job)
-        answers: dict[str, tuple[Any, str | None]] = {}
+            key = (job.key(), 0)
+            if job.distinct:
+                key = (key[0], self._occurrences.get(key[0], 0))
+                self._occurrences[key[0]] = key[1] + 1
+            job_keys.append(key)
+            unique.setdefault(key, job)
+        answers: dict[tuple[str, int], tuple[Any, str | None]] = {}
         pending = list(unique)
         attempt = 0
         while pending:
             sampling = {k: (unique[k].sampling if attempt == 0 or unique[k].retry_sampling is None
                             else unique[k].retry_sampling) for k in pending}
             cache_keys = {k: cache_key(model=self.model, messages=unique[k].messages, sampling=sampling[k],
-                                       attempt=attempt) for k in pending}
+                                       attempt=attempt, **({"occurrence": k[1]} if k[1] else {})) for k in pending}
             replies: dict[str, str | Exception] = {}
             to_send = []
             for k in pending:
@@ -126,13 +136,14 @@ class LLMJudge(Judge):
             if error:
                 self.failures += 1
                 log.warning("judge %s failed: %s", self.model, error)
-        return [answers[job.key()] for job in jobs]
+        return [answers[key] for key in job_keys]
 
     def _job(self, protocol: str, name: str, parse, sampling: dict | None = None, attempts: int = OFFICIAL_ATTEMPTS,
              **values) -> Job:
         template = self.prompt_sets[protocol][name]
         if protocol == "official":  # any failed try (transport or parse) is tried again, as the official loops do
-            return Job(template.messages(**values), parse, dict(sampling or {}), attempts, retry_errors=True)
+            return Job(template.messages(**values), parse, dict(sampling or {}), attempts, retry_errors=True,
+                       distinct=True)
         first, retry = self.robust_sampling()
         schema = reply_schema(name, values.get("count"), values.get("max_items")) if self.structured_output else None
         if schema is not None:  # the backend turns it into the server's response_format
