@@ -71,7 +71,7 @@ class OpenAIJudge(LLMJudge):
     def stream(self, requests, on_reply) -> None:
         """Concurrent calls; each reply is handed over the moment it arrives. The request body holds exactly
         the messages and the sampling keys given (official protocols: often none at all)."""
-        from openai import AsyncOpenAI, BadRequestError, UnprocessableEntityError
+        from openai import APIStatusError, AsyncOpenAI
 
         async def main():
             client = AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
@@ -92,8 +92,12 @@ class OpenAIJudge(LLMJudge):
                             response = await client.chat.completions.create(model=self.model, messages=messages,
                                                                             **kwargs)
                             reply = response.choices[0].message.content or ""
-                        except (BadRequestError, UnprocessableEntityError) as err:
-                            if form != "none" and self.response_format == "auto":
+                        except APIStatusError as err:
+                            # 400/422, or a 500 that names the field (llama-cpp-python's server wraps its
+                            # validation error): the server does not take this form of response_format
+                            rejected = err.status_code in (400, 422) or any(
+                                word in str(err) for word in ("response_format", "json_schema"))
+                            if form != "none" and self.response_format == "auto" and rejected:
                                 if self._forms[0] == form and len(self._forms) > 1:
                                     self._forms.pop(0)  # the server does not take this form: use the next
                                     log.info("judge server rejected response_format %s (%s); trying %s", form,
