@@ -163,3 +163,11 @@ def scripted_judge(body: dict, entailed: dict[str, set[str]] | None = None, enta
         grade = {"pred": "yes", "score": 4} if req["prediction"] == "red" else {"pred": "no", "score": 1}
         return repr(grade) if req["protocol"] == "official" else json.dumps(grade)
     return "?"
+
+
+def judge_at(server, **kw):
+    """An ``openai`` judge on a ScriptedServer: no cache, no SDK retries."""
+    from vcap.judges import build_judge
+
+    return build_judge("openai", model="judge", base_url=server.url, cache=None, max_retries=0, timeout=10,
+                       concurrency=8, **kw)

@@ -8,17 +8,13 @@ from collections import Counter
 
 import pytest
 
-from tests.judge_server import ScriptedServer, items_reply, parse_request, verdict_reply
+from tests.judge_server import ScriptedServer, items_reply, judge_at, parse_request, verdict_reply
+from tests.test_bench_protocol_vdc import run_vdc, vdc_records
 from vcap.bench.judging import OFFICIAL_SAMPLING, judge_autodq, judge_vdc
-from vcap.bench.scoring import autodq, vdcscore
+from vcap.bench.scoring import autodq
 from vcap.judges import build_judge
 
 DREAM = OFFICIAL_SAMPLING["dream1k"]
-
-
-def judge_at(server, **kw):
-    return build_judge("openai", model="judge", base_url=server.url, cache=None, max_retries=0, timeout=10,
-                       concurrency=8, **kw)
 
 
 def record(i, reference, events, source="DREAM/a", **extra):
@@ -154,75 +150,6 @@ def test_point6_carebench_null_lists_are_extracted_from_the_reference(tmp_path, 
     assert sum(r["task"] == "extract_events" for r in requests) == 2  # reference and caption
     out = autodq(official["events"])["overall"]
     assert (out["recall"], out["precision"]) == (0.5, 1.0)  # not recall 1 from an empty list
-
-
-def vdc_records(qas):
-    return [{"id": "v1/short", "video_id": "v1", "dimension": "short", "qa": qas}]
-
-
-def run_vdc(script, records, captions, protocol):
-    with ScriptedServer(lambda body: ("reply", script(parse_request(body), body))) as server:
-        details, videos = judge_vdc(records, captions, judge_at(server), protocol, OFFICIAL_SAMPLING["vdc"])
-        requests = [parse_request(b) | {"body": b} for b in server.requests]
-    return details, videos, requests
-
-
-def test_point7_vdc_only_exact_yes_counts():
-    qas = [{"question": "Q1?", "answer": "a"}, {"question": "Q2?", "answer": "b"}]
-
-    def script(req, body):
-        if req["task"] == "answer":
-            return "x" if req["protocol"] == "official" else json.dumps({"answer": "x"})
-        reply = {"pred": "yes", "score": 5} if req["question"] == "Q1?" else {"pred": "Yes", "score": 3}
-        return repr(reply) if req["protocol"] == "official" else json.dumps(reply)
-
-    _, videos, _ = run_vdc(script, vdc_records(qas), ["cap"], "official")
-    short = vdcscore(videos, official_drop_zero=True)["dimensions"]["short"]
-    assert (short["acc"], short["score"]) == (50.0, 4.0)  # 'Yes' is not 'yes'
-    _, videos, _ = run_vdc(script, vdc_records(qas), ["cap"], "robust")
-    assert vdcscore(videos)["dimensions"]["short"]["acc"] == 100.0
-
-
-def test_point8_repeated_vdc_ids_keep_the_last_list(tmp_path, shapes_manifest):
-    import shutil
-
-    from vcap.bench.datasets import load_vdc
-
-    vdir = tmp_path / "v"
-    vdir.mkdir()
-    shutil.copy(next((shapes_manifest.parent / "videos").glob("*.mp4")), vdir / "abc.mp4")
-    rows = [{"abc": [{"question": "first?", "answer": "a"}]}, {"abc": [{"question": "last?", "answer": "b"},
-                                                                      {"question": "two?", "answer": "c"}]}]
-    (tmp_path / "main_object.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    notes = {}
-    records = load_vdc(tmp_path, vdir, dimensions=("main_object",), notes=notes)
-    assert [q["question"] for q in records[0]["qa"]] == ["last?", "two?"]
-    assert len(notes["repeated_ids_replaced"]) == 1
-
-
-def test_point9_vdc_plain_text_answer_is_graded_and_first_bad_grade_skips_the_video():
-    qas = [{"question": "What colour?", "answer": "red"}, {"question": "Where?", "answer": "road"}]
-
-    def script(req, body):
-        if req["task"] == "answer":
-            return "red" if "colour" in req["question"] else "on a road"  # plain text, no JSON
-        return repr({"pred": "yes", "score": 5}) if req["prediction"] in ("red", "on a road") else "??"
-
-    details, videos, requests = run_vdc(script, vdc_records(qas), ["A red car on a road."], "official")
-    assert vdcscore(videos, True)["dimensions"]["short"]["acc"] == 100.0
-    assert vdcscore(videos, True)["dimensions"]["short"]["score"] == 5.0
-    _, videos, _ = run_vdc(script, vdc_records(qas), ["A red car on a road."], "robust")
-    robust = vdcscore(videos)["dimensions"]["short"]
-    assert (robust["acc"], robust["parse_failures"]) == (0.0, 2)  # robust demands {"answer": ...}
-
-    def bad_first(req, body):
-        if req["task"] == "answer":
-            return "red"
-        return "not a dict"
-    details, videos, requests = run_vdc(bad_first, vdc_records(qas), ["cap"], "official")
-    assert sum(r["task"] == "grade" for r in requests) == 1  # the loop stops at the first exception
-    out = vdcscore(videos, True, nan_empty=True)["dimensions"]["short"]
-    assert out["skipped"] == 1 and out["skipped_ids"] == ["v1"] and math.isnan(out["acc"])
 
 
 def test_point10_empty_lists_are_still_asked_officially():
@@ -404,31 +331,3 @@ def test_carebench_wrong_entry_count_fails_at_once_where_dream_tries_again():
     asked.clear()
     _, dream, _ = run_autodq(script, records, captions, "official")
     assert autodq(dream["events"])["failed"] == 0 and autodq(dream["events"])["overall"]["f1"] == 1.0
-
-
-def test_official_repeated_requests_are_separate_calls_and_replay_from_the_cache(tmp_path):
-    """Two videos with the same question, answer and predicted answer: AuroraCap's script grades both (at
-    temperature 1 they may differ); robust asks once. A second official run replays both from the cache."""
-    records = [{"id": f"v{i}/short", "video_id": f"v{i}", "dimension": "short",
-                "qa": [{"question": "What colour?", "answer": "red"}]} for i in range(2)]
-
-    def script(body):
-        req = parse_request(body)
-        if req["task"] == "answer":
-            return ("reply", "red" if req["protocol"] == "official" else '{"answer": "red"}')
-        return ("reply", repr({"pred": "yes", "score": 5}) if req["protocol"] == "official" else
-                '{"pred": "yes", "score": 5}')
-
-    with ScriptedServer(script) as server:
-        for protocol, grades in (("official", 2), ("robust", 1)):
-            before = len(server.requests)
-            judge_vdc(records, ["A red car.", "A red car."], judge_at(server), protocol, OFFICIAL_SAMPLING["vdc"])
-            asked = [parse_request(b)["task"] for b in server.requests[before:]]
-            assert asked.count("grade") == grades and asked.count("answer") == grades
-        cached = dict(model="judge", base_url=server.url, cache=str(tmp_path / "c.sqlite"), max_retries=0)
-        judge_vdc(records, ["A red car.", "A red car."], build_judge("openai", **cached), "official",
-                  OFFICIAL_SAMPLING["vdc"])
-        before = len(server.requests)
-        again = build_judge("openai", **cached)
-        judge_vdc(records, ["A red car.", "A red car."], again, "official", OFFICIAL_SAMPLING["vdc"])
-        assert len(server.requests) == before and again.calls == 0
