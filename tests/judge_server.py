@@ -46,7 +46,11 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # the default 5 refuses connections when a concurrent batch arrives at once
+            daemon_threads = True
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -83,3 +87,87 @@ def scripted_reply(prompt: str, entailed: dict[str, set[str]], fail_on: str | No
         predicted = prompt.split("Predicted answer: ")[1].split("\n")[0]
         return json.dumps({"pred": "yes", "score": 4} if predicted == "red" else {"pred": "no", "score": 1})
     return "?"
+
+
+def parse_request(body: dict) -> dict:
+    """What a request made with vcap's built-in prompts (either set) asks: {'task', 'protocol', fields...}.
+    Tasks: extract_events, extract_objects, entail_events, entail_objects, answer, grade."""
+    import ast
+
+    messages = body["messages"]
+    user = messages[-1]["content"]
+    system = messages[0]["content"] if len(messages) > 1 else ""
+    if "Statements (JSON list)" in user:
+        return {"task": "entail_events", "protocol": "robust",
+                "premise": user.split("Description:\n")[1].split("\n\nStatements")[0],
+                "items": json.loads(user.split("Statements (JSON list):\n")[1].split("\n\nReply")[0])}
+    if "\n\nEvents: " in user or "\n\nObjects: " in user:
+        kind = "events" if "\n\nEvents: " in user else "objects"
+        marker = "\n\nEvents: " if kind == "events" else "\n\nObjects: "
+        return {"task": f"entail_{kind}", "protocol": "official",
+                "premise": user.split("Video Description:\n")[1].split(marker)[0],
+                "items": ast.literal_eval(user.split(marker)[1].split("\nAnswer with JSON")[0])}
+    if "key events" in user or "key objects" in user:
+        kind = "events" if "key events" in user else "objects"
+        if user.startswith("Here is a description"):
+            return {"task": f"extract_{kind}", "protocol": "official",
+                    "text": user.split("Description: ", 1)[1].split("\n\nList at most")[0]}
+        return {"task": f"extract_{kind}", "protocol": "robust",
+                "text": user.split("Description:\n")[1].split("\n\nReply")[0]}
+    if system.startswith("You answer questions"):
+        body_text = user.split("detailed description: ", 1)[1]
+        return {"task": "answer", "protocol": "official", "text": body_text.split(", question: ")[0],
+                "question": body_text.split(", question: ")[1].split("\nGive only")[0]}
+    if "Answer a question" in user:
+        return {"task": "answer", "protocol": "robust", "text": user.split("Description:\n")[1].split("\n\nQuestion")[0],
+                "question": user.split("Question: ")[1].split("\n")[0]}
+    if system.startswith("You grade answers") or "Grade a predicted" in user:
+        return {"task": "grade", "protocol": "official" if system else "robust",
+                "question": user.split("Question: ")[1].split("\n")[0],
+                "answer": user.split("Correct " + ("Answer" if system else "answer") + ": ")[1].split("\n")[0],
+                "prediction": user.split("Predicted " + ("Answer" if system else "answer") + ": ")[1].split("\n\n")[0]}
+    return {"task": "unknown", "protocol": "?"}
+
+
+def verdict_reply(req: dict, entailed: set[str]) -> str:
+    """A well-formed entailment reply in the shape the request's protocol asks for."""
+    labels = ["entailment" if item in entailed else "neutral" for item in req["items"]]
+    if req["protocol"] == "robust":
+        return json.dumps({"verdicts": labels})
+    key = req["task"].split("_")[1]
+    return json.dumps({key: [{key[:-1]: item, "relationship": label, "reason": "scripted"}
+                             for item, label in zip(req["items"], labels)]})
+
+
+def items_reply(req: dict, items: list[str]) -> str:
+    key = req["task"].split("_")[1]
+    return repr({key: items}) if req["protocol"] == "official" else json.dumps({key: items})
+
+
+def scripted_judge(body: dict, entailed: dict[str, set[str]] | None = None, entail_word: str | None = None) -> str:
+    """A deterministic judge for either prompt set: extraction splits sentences, entailment looks premises up in
+    ``entailed`` (case-insensitively) or entails every item containing ``entail_word``, VDC answers 'red' to
+    colour questions and grades 'red' yes/4, else no/1."""
+    req = parse_request(body)
+    entailed = {k.lower(): {v.lower() for v in vs} for k, vs in (entailed or {}).items()}
+    if req["task"].startswith("extract"):
+        return items_reply(req, [s for s in re.split(r"(?<=\.)\s+", req["text"]) if s])
+    if req["task"].startswith("entail"):
+        ok = entailed.get(req["premise"].lower(), set())
+        return verdict_reply(req, {item for item in req["items"]
+                                   if item.lower() in ok or (entail_word and entail_word in item.lower())})
+    if req["task"] == "answer":
+        answer = "red" if "colour" in req["question"] else "unknown"
+        return answer if req["protocol"] == "official" else json.dumps({"answer": answer})
+    if req["task"] == "grade":
+        grade = {"pred": "yes", "score": 4} if req["prediction"] == "red" else {"pred": "no", "score": 1}
+        return repr(grade) if req["protocol"] == "official" else json.dumps(grade)
+    return "?"
+
+
+def judge_at(server, **kw):
+    """An ``openai`` judge on a ScriptedServer: no cache, no SDK retries."""
+    from vcap.judges import build_judge
+
+    return build_judge("openai", model="judge", base_url=server.url, cache=None, max_retries=0, timeout=10,
+                       concurrency=8, **kw)

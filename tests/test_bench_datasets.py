@@ -29,7 +29,7 @@ def test_dream1k_messages_flat_and_hf_formats(tmp_path, videos):
     (tmp_path / "dream.jsonl").write_text(json.dumps(messages) + "\n" + json.dumps(flat) + "\n")
     rows = load_dream1k(tmp_path / "dream.jsonl", vdir)
     assert [(r["id"], r["source"], r["events"]) for r in rows] == [
-        ("0", "DREAM/videvo", ["A cat yawns.", "A cat naps."]), ("1", "DREAM/youtube", [])]
+        ("DREAM/videvo_0", "DREAM/videvo", ["A cat yawns.", "A cat naps."]), ("DREAM/youtube_1", "DREAM/youtube", [])]
     assert rows[0]["reference"] == "A cat naps." and rows[0]["video"].endswith("101.mp4")
     assert rows[0]["prompt"] == "Describe the video in detail."
 
@@ -63,7 +63,7 @@ def test_vdc_records_per_dimension_with_seeded_prompts(tmp_path, videos):
         (qa / f"{dim}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     rows = load_vdc(qa, vdir, dimensions=("camera", "short"))
     assert [r["id"] for r in rows] == ["abc/camera", "abc/short", "mixkit-dog/camera", "mixkit-dog/short"]
-    assert rows[0]["qa"][0]["question"] == "camera q?"  # a duplicated id keeps its first QA list
+    assert rows[0]["qa"][0]["question"] == "dup"  # a repeated id keeps its last QA list (the official dict.update)
     again = load_vdc(qa, vdir, dimensions=("camera", "short"))
     assert [r["prompt"] for r in rows] == [r["prompt"] for r in again]  # fixed seed
     assert len(load_vdc(qa, vdir, dimensions=("camera", "short"), limit=1)) == 2
@@ -81,3 +81,65 @@ def test_carebench_with_and_without_events(tmp_path, videos):
     rows = load_carebench(tmp_path / "metadata.json", vdir)
     assert rows[0]["id"] == "v_00000030_5" and rows[0]["objects"] == ["There is a bar."]
     assert rows[1]["events"] is None and rows[1]["objects"] is None  # to be extracted by the judge
+
+
+def test_bad_records_fail_with_file_line_and_field(tmp_path, videos):
+    from vcap.bench.schema import RecordError
+
+    src, vdir = videos
+    shutil.copy(src[0], vdir / "v_1.mp4")
+    good = {"video": "v_1.mp4", "caption": "A man cooks.", "spatial_caption": "s", "extra": {"kept": True}}
+    (tmp_path / "m.json").write_text("[\n  " + json.dumps(good) + ",\n  " + json.dumps({"video": "v_1.mp4"}) + "\n]")
+    with pytest.raises(RecordError, match=r"m\.json:3: caption: Field required"):
+        load_carebench(tmp_path / "m.json", vdir)
+    (tmp_path / "m.json").write_text(json.dumps([{**good, "events": "not a list"}]))
+    with pytest.raises(RecordError, match=r"m\.json:1: events: Input should be a valid list"):
+        load_carebench(tmp_path / "m.json", vdir)
+    (tmp_path / "m.json").write_text(json.dumps([good]))  # fields vcap does not read are allowed
+    assert load_carebench(tmp_path / "m.json", vdir)[0]["reference"] == "A man cooks."
+
+    bad_dream = {"messages": [{"role": "assistant", "content": [{"type": "text", "reference": "x"}]}],
+                 "dataset": "DREAM/a", "idx": 0, "vid": 1, "extra_info": {"events": [1, 2]}}
+    (tmp_path / "d.jsonl").write_text("\n" + json.dumps(bad_dream) + "\n")
+    with pytest.raises(RecordError, match=r"d\.jsonl:2: extra_info\.events\.0: Input should be a valid string"):
+        load_dream1k(tmp_path / "d.jsonl", vdir)
+    qa = tmp_path / "qa"
+    qa.mkdir()
+    (qa / "camera.jsonl").write_text(json.dumps({"v_1": [{"question": "q?"}]}) + "\n")
+    with pytest.raises(RecordError, match=r"camera\.jsonl:1: v_1\[0\]: answer: Field required"):
+        load_vdc(qa, vdir, dimensions=("camera",))
+
+
+def test_vdc_prompt_lists_are_as_long_as_the_official_ones_and_seeded(tmp_path, videos):
+    from vcap.bench.vdc_prompts import VDC_PROMPTS
+
+    assert {d: len(v) for d, v in VDC_PROMPTS.items()} == {"camera": 16, "short": 16, "background": 16,
+                                                            "main_object": 16, "detailed": 24}
+    assert all(len(set(v)) == len(v) for v in VDC_PROMPTS.values())
+    src, vdir = videos
+    qa = tmp_path / "qa"
+    qa.mkdir()
+    for i, path in enumerate(src[:3]):
+        shutil.copy(path, vdir / f"v{i}.mp4")
+    (qa / "detailed.jsonl").write_text("".join(json.dumps({f"v{i}": [{"question": "q", "answer": "a"}]}) + "\n"
+                                               for i in range(3)))
+    first = [r["prompt"] for r in load_vdc(qa, vdir, dimensions=("detailed",))]
+    assert first == [r["prompt"] for r in load_vdc(qa, vdir, dimensions=("detailed",))]
+    assert all(p in VDC_PROMPTS["detailed"] for p in first)
+
+
+def test_carebench_frames_are_the_middle_of_each_segment(tmp_path, videos):
+    """Hand-computed from CaReBench utils/video.py (sample='middle'): edges = linspace(0, n, k + 1).astype(int),
+    index = (start + end - 1) // 2; a clip shorter than k frames repeats its last index."""
+    from vcap.bench.frames import SegmentMiddleSampling, segment_middle_indices
+
+    assert segment_middle_indices(4, 10) == [0, 3, 5, 8]  # edges 0 2 5 7 10
+    assert segment_middle_indices(4, 3) == [0, 1, 2, 2]
+    idx = segment_middle_indices(32, 100)  # edges 0 3 6 9 12 15 18 21 25 ...
+    assert len(idx) == 32 and idx[:8] == [1, 4, 7, 10, 13, 16, 19, 22] and idx[-1] == 97
+    sampling = SegmentMiddleSampling(None, 32)
+    assert sampling.indices(100, 25.0).tolist() == idx
+
+    from vcap.bench.datamodule import BenchDataModule
+    dm = BenchDataModule("carebench", "m.json", str(tmp_path), nframes=32, fps=None, frame_sampling="segment_middle")
+    assert isinstance(dm.sampling, SegmentMiddleSampling)

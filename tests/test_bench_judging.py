@@ -16,8 +16,8 @@ class ScriptedJudge(LLMJudge):
         super().__init__("scripted", cache=None, parse_retries=0)
         self.entailed, self.fail_on = entailed, fail_on
 
-    def complete(self, prompts):
-        return [scripted_reply(p, self.entailed, self.fail_on) for p in prompts]
+    def complete(self, requests):
+        return [scripted_reply(messages[-1]["content"], self.entailed, self.fail_on) for messages, _ in requests]
 
 
 def test_answer_part_is_scored_and_think_kept():
@@ -39,11 +39,13 @@ def test_autodq_end_to_end_with_known_verdicts():
         "A static room.": set(),                              # precision 0/1, recall 1 (no GT events)
         "A bird sings.": {"A bird sings."},
     }, fail_on="Description:\nA bird sings.\n\nStatements")   # sample 4's recall call fails: excluded, counted
-    details, samples = judge_autodq(records, captions, judge)
+    details, by_kind = judge_autodq(records, captions, judge, ("events",), "robust")
+    samples = by_kind["events"]
+    details = [d["events"] for d in details]
     assert details[0]["pred"] == ["A cat naps.", "A cat flies."]
     assert details[0]["recall_verdicts"] == ["neutral", "entailment"]  # GT "A cat yawns." is not in the caption
     assert details[2]["pred"] == [] and details[2]["precision_verdicts"] == []  # empty caption: precision 1
-    assert samples[3].failed and "recall_verdicts" in details[3]["errors"][0]
+    assert samples[3].failed and "recall" in details[3]["errors"][0]
     out = autodq(samples)
     # a: R = (0.5 + 1) / 2 = 0.75, P = (0.5 + 0) / 2 = 0.25; b: R = 0 (sample 3), P = 1
     assert out["sources"]["a"]["recall"] == 0.75 and out["sources"]["a"]["precision"] == 0.25
@@ -56,9 +58,9 @@ def test_carebench_objects_extracted_from_reference_when_absent():
     records = [{"id": "v", "reference": "There is a red ball. There is a box.", "objects": None}]
     judge = ScriptedJudge({"There is a red ball.": {"There is a red ball."},
                            "There is a red ball. There is a box.": {"There is a red ball."}})
-    details, samples = judge_autodq(records, ["There is a red ball."], judge, kind="objects")
-    assert details[0]["gt"] == ["There is a red ball.", "There is a box."]
-    assert samples[0].scores() == (0.5, 1.0)
+    details, samples = judge_autodq(records, ["There is a red ball."], judge, ("objects",), "robust")
+    assert details[0]["objects"]["gt"] == ["There is a red ball.", "There is a box."]
+    assert samples["objects"][0].scores() == (0.5, 1.0)
 
 
 def test_vdc_two_step_judging_and_parse_failures_are_recorded():
@@ -68,7 +70,7 @@ def test_vdc_two_step_judging_and_parse_failures_are_recorded():
                {"id": "v2/camera", "video_id": "v2", "dimension": "camera",
                 "qa": [{"question": "What colour is the sky?", "answer": "blue"}]}]
     judge = ScriptedJudge({}, fail_on="Question: What colour is the sky?")  # v2's answer step fails
-    details, videos = judge_vdc(records, ["A red car on a road.", "Sky."], judge)
+    details, videos = judge_vdc(records, ["A red car on a road.", "Sky."], judge, "robust")
     assert [q["grade"] for q in details[0]["qa"]] == [["yes", 4.0], ["no", 1.0]]
     assert details[1]["qa"][0]["grade"] is None and "unparseable" in details[1]["qa"][0]["error"]
     out = vdcscore(videos)["dimensions"]["camera"]

@@ -29,9 +29,10 @@ def test_hf_judge_batches_caches_and_counts_failures(tiny_lm, tmp_path, monkeypa
     assert all(r.verdicts is None and "unparseable" in r.error for r in out)  # a random LM writes no JSON
     assert judge.calls == 3 and judge.failures == 3
 
-    # scripted replies: parsed, cached, and not asked again
+    # scripted replies: parsed, cached, and not asked again (a bad reply is cached too: a re-run replays it)
     monkeypatch.setattr(judge, "complete", lambda prompts: ['{"verdicts": ["entailment"]}'] * len(prompts))
-    assert judge.entail_many([("A red circle.", ["a circle"])])[0].verdicts == ["entailment"]
+    assert judge.entail_many([("A green circle.", ["a circle"])])[0].verdicts == ["entailment"]
     monkeypatch.setattr(judge, "complete", lambda prompts: pytest.fail("cache miss"))
-    assert judge.entail_many([("A red circle.", ["a circle"])])[0].verdicts == ["entailment"]
+    assert judge.entail_many([("A green circle.", ["a circle"])])[0].verdicts == ["entailment"]
+    assert judge.entail_many([("A red circle.", ["a circle"])])[0].verdicts is None
     assert judge.describe()["backend"] == "hf"

@@ -142,3 +142,61 @@ def test_cnscore_rating_and_failures(tmp_path):
     assert sorted(i for i, _ in out.failures) == [1, 2]
     with pytest.raises(NotImplementedError, match="cannot rate"):
         build_reward("cnscore", judge="lexical")([parse_completion(texts[0])], [sample])
+
+
+def weak_model(body, counts):
+    """A small model behind a server: without a schema every other statement list gets a reply with prose and a
+    missing verdict on its first ask; with a schema (a constrained decoder) it always writes what the schema
+    allows."""
+    import re
+
+    prompt = body["messages"][-1]["content"]
+    n = int(re.search(r"exactly (\d+) verdicts", prompt).group(1))
+    counts[prompt] = counts.get(prompt, 0) + 1
+    if "response_format" not in body and counts[prompt] == 1 and len(prompt) % 2 == 0:
+        return "Here are my verdicts: " + json.dumps({"verdicts": ["entailment"] * (n - 1)})
+    return json.dumps({"verdicts": ["entailment"] * n})
+
+
+def test_structured_output_under_robust_only_and_the_re_ask_rate(tmp_path):
+    requests = [(f"A red circle moves left {i}.", ["the circle moves", "a dog barks" + "!" * i]) for i in range(20)]
+    rates = {}
+    for form in ("none", "auto"):
+        counts = {}
+        with ScriptedServer(lambda body: ("reply", weak_model(body, counts))) as server:
+            j = judge(server.url, tmp_path, cache=None, response_format=form)
+            out = j.entail_many(requests)
+            assert all(r.verdicts == ["entailment", "entailment"] for r in out)
+            rates[form] = (j.calls - len(requests)) / len(requests)
+            if form == "auto":
+                fmt = server.requests[0]["response_format"]
+                assert fmt["type"] == "json_schema"
+                verdicts = fmt["json_schema"]["schema"]["properties"]["verdicts"]
+                assert verdicts["minItems"] == verdicts["maxItems"] == 2
+                assert verdicts["items"]["enum"] == ["entailment", "neutral", "contradiction"]
+            else:
+                assert all("response_format" not in b for b in server.requests)
+    print(f"re-ask rate on the scripted weak model: without response_format {rates['none']:.2f}, "
+          f"with {rates['auto']:.2f}")
+    assert rates["none"] == 0.5 and rates["auto"] == 0.0
+
+
+def test_response_format_falls_back_to_the_form_the_server_takes(tmp_path):
+    def script(body):  # like llama-cpp-python's server: json_object with a schema, nothing else
+        fmt = body.get("response_format")
+        if fmt is not None and fmt.get("type") != "json_object":
+            return ("status", 422)
+        return ("reply", '{"verdicts": ["entailment", "neutral"]}')
+
+    with ScriptedServer(script) as server:
+        j = judge(server.url, tmp_path, cache=None, max_retries=0)
+        assert j.entail_many(REQ)[0].entailed == [True, False]
+        assert [b.get("response_format", {}).get("type") for b in server.requests] == ["json_schema", "json_object"]
+        assert "schema" in server.requests[1]["response_format"] and j.describe()["response_format"] == "json_object"
+        j.entail_many([("Another premise.", ["x", "y"])])
+        assert server.requests[-1]["response_format"]["type"] == "json_object"  # remembered
+    with ScriptedServer(lambda body: ("status", 400) if "response_format" in body else
+                        ("reply", '{"verdicts": ["entailment", "neutral"]}')) as server:
+        j = judge(server.url, tmp_path, cache=None, max_retries=0)
+        assert j.entail_many(REQ)[0].entailed == [True, False] and j.describe()["response_format"] == "none"
+        assert len(server.requests) == 3

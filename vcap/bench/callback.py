@@ -6,6 +6,7 @@
           init_args: {bench: dream1k, annotations: ..., video_dir: ..., limit: 50, every_n_steps: 200,
                       judge_options: {model: ..., base_url: ...}}
 
+``protocol`` defaults to 'robust' here (tolerant judging for in-training use); 'official' is available.
 Each evaluation writes to ``<output_dir>/step_<N>/`` (generations, records.jsonl, results.json) and logs the
 flat metrics as ``bench/<bench>/...``. Judge replies are cached across evaluations.
 """
@@ -23,13 +24,14 @@ from vcap.bench.datamodule import BenchDataModule
 class PeriodicBenchmark(L.Callback):
     def __init__(self, bench: str, annotations: str, video_dir: str, every_n_steps: int = 500, limit: int | None = 32,
                  output_dir: str | None = None, judge: str = "openai", judge_options: dict[str, Any] | None = None,
-                 data_options: dict[str, Any] | None = None):
+                 data_options: dict[str, Any] | None = None, protocol: str = "robust"):
         if every_n_steps < 1:
             raise ValueError("every_n_steps must be >= 1")
         self.bench, self.annotations, self.video_dir = bench, annotations, video_dir
         self.every_n_steps, self.limit = every_n_steps, limit
         self.output_dir = Path(output_dir or Path("runs") / "bench" / f"{bench}-periodic")
         self.judge, self.judge_options, self.data_options = judge, judge_options or {}, data_options or {}
+        self.protocol = protocol  # robust by default: during training a lenient judge beats leaderboard parity
         self._last_step = -1
 
     def datamodule(self, step: int, processor: str) -> BenchDataModule:
@@ -37,7 +39,7 @@ class PeriodicBenchmark(L.Callback):
         options = {"cache": str(self.output_dir / "judge_cache.sqlite"), **self.judge_options}
         dm = BenchDataModule(bench=self.bench, annotations=self.annotations, video_dir=self.video_dir, limit=self.limit,
                              output_dir=str(self.output_dir / f"step_{step}"), judge=self.judge, judge_options=options,
-                             processor=processor, **self.data_options)
+                             processor=processor, protocol=self.protocol, **self.data_options)
         dm.setup("validate")
         return dm
 

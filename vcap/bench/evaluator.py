@@ -14,25 +14,43 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from vcap.bench.judging import judge_autodq, judge_vdc, scored_caption
-from vcap.bench.scoring import autodq, vdcscore
+from vcap.bench.judging import OFFICIAL_SAMPLING, PROTOCOLS, judge_autodq, judge_vdc, scored_caption
+from vcap.bench.scoring import AutoDQSample, VDCVideo, autodq, vdcscore
 from vcap.judges import build_judge
+from vcap.judges.llm import LLMJudge
 
 KINDS = {"dream1k": ("events",), "carebench": ("events", "objects"), "vdc": ()}
 
 
+def check_protocol(bench: str, protocol: str, official_drop_zero: bool | None) -> bool:
+    """The effective ``official_drop_zero``; clear errors for settings that mean nothing."""
+    if bench not in KINDS:
+        raise ValueError(f"unknown benchmark {bench!r}; valid: {sorted(KINDS)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {list(PROTOCOLS)}")
+    if bench != "vdc":
+        if official_drop_zero is not None:
+            raise ValueError(f"official_drop_zero is a VDC setting (the VDC script drops zero-score videos); it "
+                             f"means nothing for {bench}: remove it")
+        return False
+    return protocol == "official" if official_drop_zero is None else official_drop_zero
+
+
 class BenchEvaluator:
     def __init__(self, bench: str, output_dir: str | Path, judge: str, judge_options: dict | None = None,
-                 count_neutral: bool = False, official_drop_zero: bool = False, settings: dict | None = None,
-                 judge_batch: int = 64):
-        if bench not in KINDS:
-            raise ValueError(f"unknown benchmark {bench!r}; valid: {sorted(KINDS)}")
-        self.bench, self.out = bench, Path(output_dir)
+                 count_neutral: bool = False, official_drop_zero: bool | None = None, settings: dict | None = None,
+                 judge_batch: int = 64, protocol: str = "official", notes: dict | None = None):
+        self.official_drop_zero = check_protocol(bench, protocol, official_drop_zero)
+        self.bench, self.out, self.protocol = bench, Path(output_dir), protocol
         self.out.mkdir(parents=True, exist_ok=True)
         options = {"cache": str(self.out / "judge_cache.sqlite"), **(judge_options or {})}
         self.judge = build_judge(judge, **options)
-        self.count_neutral, self.official_drop_zero = count_neutral, official_drop_zero
+        if protocol == "official" and not isinstance(self.judge, LLMJudge):
+            raise ValueError(f"protocol 'official' needs an LLM judge ('openai' or 'hf'); judge {judge!r} has no "
+                             "prompts. Use protocol: robust with it")
+        self.count_neutral = count_neutral
         self.settings = settings or {}
+        self.notes = notes if notes is not None else {}
         self.judge_batch = judge_batch
         self.generations = self._load_generations()
 
@@ -57,43 +75,73 @@ class BenchEvaluator:
                 self.generations[r["id"]] = text
                 f.write(json.dumps({"id": r["id"], "completion": text}, ensure_ascii=False) + "\n")
 
+    def bad_videos(self, records: list[dict]) -> list[dict]:
+        """Records that never got a caption: their video could not be decoded (the data loader skipped it)."""
+        from vcap.data.video import BadVideoError, FrameSampling, decode_frames
+
+        out = []
+        for r in records:
+            if r["id"] in self.generations:
+                continue
+            try:
+                decode_frames(r["video"], FrameSampling(fps=None, nframes=2))
+                error = "no caption was generated for it (see the log)"
+            except BadVideoError as err:
+                error = str(err)
+            out.append({"id": r["id"], "video": r["video"], "source": r.get("source", r.get("dimension")),
+                        "error": error})
+        return out
+
     def finish(self, records: list[dict], model: str) -> dict:
         """Judge every record's caption, aggregate, and write records.jsonl, results.json and the table."""
+        bad = self.bad_videos(records)
+        bad_ids = {b["id"] for b in bad}
+        bad_records = [r for r in records if r["id"] in bad_ids]
         records = [r for r in records if r["id"] in self.generations]
         parts = [scored_caption(self.generations[r["id"]]) for r in records]
         captions = [p[0] for p in parts]
         started = time.time()
         details = [{"id": r["id"], "completion": self.generations[r["id"]], "caption": c, "think": t}
                    for r, (c, t) in zip(records, parts)]
-        results = {"benchmark": self.bench, "model": model, "samples": len(records), "judge": self.judge.describe(),
-                   "settings": self.settings}
-        phases = ["vdc"] if self.bench == "vdc" else list(KINDS[self.bench])
-        collected: dict[str, list] = {phase: [] for phase in phases}
-        with Progress(TextColumn("judging {task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
+        results = {"benchmark": self.bench, "protocol": self.protocol, "model": model, "samples": len(records),
+                   "judge": self.judge.describe(), "settings": self.settings, "bad_videos": bad, **self.notes}
+        if self.protocol == "official":
+            results["judge_sampling"] = OFFICIAL_SAMPLING[self.bench]
+        kinds = KINDS[self.bench]
+        videos: list[VDCVideo] = []
+        samples: dict[str, list[AutoDQSample]] = {kind: [] for kind in kinds}
+        official = self.protocol == "official"
+        with Progress(TextColumn("judging ({task.fields[protocol]})"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=Console(stderr=True)) as progress:
-            task = progress.add_task("judge", total=len(records) * len(phases), phase="")
-            for phase in phases:  # chunks keep the bar moving; calls inside a chunk run concurrently
-                progress.update(task, phase=phase)
-                for start in range(0, len(records), self.judge_batch):
-                    chunk = slice(start, start + self.judge_batch)
-                    if phase == "vdc":
-                        judged, items = judge_vdc(records[chunk], captions[chunk], self.judge)
-                    else:
-                        judged, items = judge_autodq(records[chunk], captions[chunk], self.judge, phase)
-                    for d, j in zip(details[chunk], judged):
-                        if phase == "vdc":
-                            d.update(j)
-                        else:
-                            d[phase] = j
-                    collected[phase] += items
-                    progress.advance(task, len(judged))
+            task = progress.add_task("judge", total=len(records), protocol=self.protocol)
+            for start in range(0, len(records), self.judge_batch):  # chunks keep the bar moving
+                chunk = slice(start, start + self.judge_batch)
+                if self.bench == "vdc":
+                    judged, items = judge_vdc(records[chunk], captions[chunk], self.judge, self.protocol,
+                                              OFFICIAL_SAMPLING["vdc"])
+                    videos += items
+                else:
+                    judged, by_kind = judge_autodq(records[chunk], captions[chunk], self.judge, kinds, self.protocol,
+                                                   OFFICIAL_SAMPLING[self.bench], carebench=self.bench == "carebench")
+                    for kind in kinds:
+                        samples[kind] += by_kind[kind]
+                for d, j in zip(details[chunk], judged):
+                    d.update({k: v for k, v in j.items() if k != "id"})
+                progress.advance(task, len(judged))
+        # a bad video is a failed sample of its source (VDC: a skipped video of its dimension), never silent
         if self.bench == "vdc":
-            results["vdcscore"] = vdcscore(collected["vdc"], self.official_drop_zero)
+            videos += [VDCVideo(r["dimension"], r["video_id"], error="bad video") for r in bad_records]
+            results["vdcscore"] = vdcscore(videos, self.official_drop_zero, nan_empty=official)
         else:
-            for kind in phases:
-                results[kind] = {**autodq(collected[kind], self.count_neutral), "count_neutral": self.count_neutral}
+            for kind in kinds:
+                samples[kind] += [AutoDQSample(r.get("source", "overall"), None, None, failed=True)
+                                  for r in bad_records]
+                results[kind] = {**autodq(samples[kind], self.count_neutral, nan_f1=official),
+                                 "failed_by_source": _failed_by_source(samples[kind]),
+                                 "count_neutral": self.count_neutral}
         results["judge_seconds"] = round(time.time() - started, 2)
         results["judge_calls"] = getattr(self.judge, "calls", None)
+        details += [{"id": b["id"], "bad_video": b["error"]} for b in bad]
         (self.out / "records.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in details))
         (self.out / "results.json").write_text(json.dumps(results, indent=2))
         self.print_table(results)
@@ -101,25 +149,28 @@ class BenchEvaluator:
 
     def print_table(self, results: dict) -> None:
         judge = results["judge"]
-        table = Table(title=f"{self.bench} — {results['model']} ({results['samples']} samples)",
-                      caption=f"judge: {judge.get('backend')} {judge.get('model', '')} "
-                              f"temperature={judge.get('temperature', '-')} -> {self.out / 'results.json'}")
+        caption = (f"protocol: {results['protocol']} · judge: {judge.get('backend')} {judge.get('model', '')} "
+                   f"· {len({b['video'] for b in results['bad_videos']})} bad video(s) · -> {self.out / 'results.json'}")
+        table = Table(title=f"{self.bench} — {results['model']} ({results['samples']} samples)", caption=caption)
         if self.bench == "vdc":
             scores = results["vdcscore"]
-            for col in ("dimension", "acc", "score", "videos", "dropped", "parse failures"):
+            for col in ("dimension", "acc", "score", "videos", "dropped", "skipped", "parse failures"):
                 table.add_column(col, justify="left" if col == "dimension" else "right")
             for dim, v in scores["dimensions"].items():
                 table.add_row(dim, f"{v['acc']:.2f}", f"{v['score']:.2f}", str(v["videos"]), str(v["dropped"]),
-                              str(v["parse_failures"]))
-            table.add_row("Avg", f"{scores['avg']['acc']:.2f}", f"{scores['avg']['score']:.2f}", "", "", "")
+                              str(v["skipped"]), str(v["parse_failures"]))
+            table.add_row("Avg", f"{scores['avg']['acc']:.2f}", f"{scores['avg']['score']:.2f}", "", "", "", "")
         else:
             for col in ("kind", "source", "F1", "P", "R", "success", "failed"):
                 table.add_column(col, justify="left" if col in ("kind", "source") else "right")
             for kind in KINDS[self.bench]:
                 res = results[kind]
-                for name, v in [*res["sources"].items(), ("overall", res["overall"])]:
-                    table.add_row(kind, name, *(f"{100 * v[k]:.1f}" for k in ("f1", "precision", "recall")),
-                                  str(v["success"]), str(res["failed"]) if name == "overall" else "")
+                names = sorted(set(res["sources"]) | set(res["failed_by_source"]))
+                rows = [] if names == ["overall"] else [(n, res["sources"].get(n), res["failed_by_source"].get(n, 0))
+                                                        for n in names]  # CaReBench: one group, one row
+                for name, v, failed in [*rows, ("overall", res["overall"], res["failed"])]:
+                    values = [f"{100 * v[k]:.1f}" for k in ("f1", "precision", "recall")] if v else ["-"] * 3
+                    table.add_row(kind, name, *values, str(v["success"] if v else 0), str(failed))
         Console().print(table)
 
     def metrics(self, results: dict) -> dict[str, float]:
@@ -135,3 +186,11 @@ class BenchEvaluator:
                 flat[f"{self.bench}/{kind}_{key}"] = 100 * results[kind]["overall"][key]
             flat[f"{self.bench}/{kind}_failed"] = float(results[kind]["failed"])
         return flat
+
+
+def _failed_by_source(samples: list[AutoDQSample]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in samples:
+        if s.failed:
+            out[s.source] = out.get(s.source, 0) + 1
+    return out

@@ -4,11 +4,14 @@ AutoDQ (DREAM-1K; CaReBench actions and objects): per sample, recall = GT items 
 "entailment" by the prediction, precision = predicted items entailed by the reference. No GT items gives
 recall 1, no predicted items precision 1. Per source, F1 is the harmonic mean of the *mean* recall and
 *mean* precision; overall R and P are the means over sources (a macro average). Failed samples are
-excluded and counted.
+excluded and counted. With ``nan_f1`` (the official protocol) F1 of P = R = 0, and the means of an empty
+group, are nan as the official ``count_f1`` / ``np.average`` give; otherwise 0.
 
 VDCscore (VDC): per QA a yes/no and a 0-5 score; per video the accuracy and mean score; per dimension the
-mean over videos; Avg is the mean over dimensions. Parse failures count as "no"/0 and are reported, unless
-``official_drop_zero`` reproduces the post-processing script that drops every video with accuracy or score 0.
+mean over videos; Avg is the mean over dimensions. Under the robust protocol parse failures count as "no"/0
+and are reported; under the official one (``VDCVideo.error`` set) the video is skipped, as the official script's
+``except`` does. ``official_drop_zero`` reproduces the script's ``if tp_score and tp_acc`` (videos with accuracy
+or score 0 are dropped). Only an exact ``"yes"`` is a hit (the robust parser lower-cases before).
 """
 from __future__ import annotations
 
@@ -38,11 +41,16 @@ class AutoDQSample:
                 hit_rate(self.precision_verdicts or [], count_neutral))
 
 
-def _f1(p: float, r: float) -> float:
-    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+NAN = float("nan")
 
 
-def autodq(samples: list[AutoDQSample], count_neutral: bool = False) -> dict:
+def _f1(p: float, r: float, nan_f1: bool = False) -> float:
+    if p + r > 0:
+        return 2 * p * r / (p + r)
+    return NAN if nan_f1 or p != p or r != r else 0.0
+
+
+def autodq(samples: list[AutoDQSample], count_neutral: bool = False, nan_f1: bool = False) -> dict:
     """{'sources': {name: {f1, precision, recall, success}}, 'overall': {...}, 'failed': n}."""
     per_source: dict[str, list[tuple[float, float]]] = defaultdict(list)
     failed = 0
@@ -55,13 +63,15 @@ def autodq(samples: list[AutoDQSample], count_neutral: bool = False) -> dict:
     for name, values in sorted(per_source.items()):
         r = sum(v[0] for v in values) / len(values)
         p = sum(v[1] for v in values) / len(values)
-        sources[name] = {"f1": _f1(p, r), "precision": p, "recall": r, "success": len(values)}
+        sources[name] = {"f1": _f1(p, r, nan_f1), "precision": p, "recall": r, "success": len(values)}
     if sources:
         r = sum(v["recall"] for v in sources.values()) / len(sources)
         p = sum(v["precision"] for v in sources.values()) / len(sources)
-        overall = {"f1": _f1(p, r), "precision": p, "recall": r, "success": sum(v["success"] for v in sources.values())}
+        overall = {"f1": _f1(p, r, nan_f1), "precision": p, "recall": r,
+                   "success": sum(v["success"] for v in sources.values())}
     else:
-        overall = {"f1": 0.0, "precision": 0.0, "recall": 0.0, "success": 0}
+        empty = NAN if nan_f1 else 0.0
+        overall = {"f1": empty, "precision": empty, "recall": empty, "success": 0}
     return {"sources": sources, "overall": overall, "failed": failed}
 
 
@@ -69,15 +79,20 @@ def autodq(samples: list[AutoDQSample], count_neutral: bool = False) -> dict:
 class VDCVideo:
     dimension: str
     video_id: str
-    judgements: list[tuple[str, float] | None] = field(default_factory=list)  # (yes/no, 0-5) or None: parse failure
+    judgements: list[tuple[str, float] | None] = field(default_factory=list)  # (pred, score) or None: parse failure
+    error: str | None = None  # official protocol: the exception that made the script skip this video
 
 
-def vdcscore(videos: list[VDCVideo], official_drop_zero: bool = False) -> dict:
-    """{'dimensions': {dim: {acc, score, videos, dropped, parse_failures}}, 'avg': {acc, score}}."""
+def vdcscore(videos: list[VDCVideo], official_drop_zero: bool = False, nan_empty: bool = False) -> dict:
+    """{'dimensions': {dim: {acc, score, videos, dropped, skipped, parse_failures}}, 'avg': {acc, score}}."""
     per_dim: dict[str, list[tuple[float, float]]] = defaultdict(list)
     dropped: dict[str, int] = defaultdict(int)
+    skipped: dict[str, list[str]] = defaultdict(list)
     parse_failures: dict[str, int] = defaultdict(int)
     for v in videos:
+        if v.error is not None:
+            skipped[v.dimension].append(v.video_id)
+            continue
         if not v.judgements:
             dropped[v.dimension] += 1
             continue
@@ -94,11 +109,13 @@ def vdcscore(videos: list[VDCVideo], official_drop_zero: bool = False) -> dict:
             continue
         per_dim[v.dimension].append((acc, score))
     dims = {}
-    for dim in sorted(set(per_dim) | set(dropped)):
+    empty = NAN if nan_empty else 0.0
+    for dim in sorted(set(per_dim) | set(dropped) | set(skipped)):
         values = per_dim.get(dim, [])
-        dims[dim] = {"acc": 100 * sum(a for a, _ in values) / len(values) if values else 0.0,
-                     "score": sum(s for _, s in values) / len(values) if values else 0.0,
-                     "videos": len(values), "dropped": dropped.get(dim, 0), "parse_failures": parse_failures.get(dim, 0)}
+        dims[dim] = {"acc": 100 * sum(a for a, _ in values) / len(values) if values else empty,
+                     "score": sum(s for _, s in values) / len(values) if values else empty,
+                     "videos": len(values), "dropped": dropped.get(dim, 0), "skipped": len(skipped.get(dim, [])),
+                     "skipped_ids": skipped.get(dim, []), "parse_failures": parse_failures.get(dim, 0)}
     avg = {"acc": sum(d["acc"] for d in dims.values()) / len(dims) if dims else 0.0,
            "score": sum(d["score"] for d in dims.values()) / len(dims) if dims else 0.0}
     return {"dimensions": dims, "avg": avg, "official_drop_zero": official_drop_zero}

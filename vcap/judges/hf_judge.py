@@ -16,10 +16,12 @@ from vcap.judges.llm import LLMJudge
 class HFJudge(LLMJudge):
     def __init__(self, model: str, gguf_file: str | None = None, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 8, temperature: float = 0.0, max_tokens: int = 256, parse_retries: int = 1,
-                 cache: str | None = "judge_cache.sqlite", prompt_file: str | None = None, max_events: int = 10):
+                 cache: str | None = "judge_cache.sqlite", prompt_file: str | None = None, max_events: int = 10,
+                 retry_temperature: float = 0.7):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        super().__init__(model, temperature, max_tokens, parse_retries, cache, prompt_file, max_events)
+        super().__init__(model, temperature, max_tokens, parse_retries, cache, prompt_file, max_events,
+                         retry_temperature)
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         self.tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
         self.tokenizer.padding_side = "left"
@@ -31,24 +33,35 @@ class HFJudge(LLMJudge):
     def describe(self):
         return {**super().describe(), "gguf_file": self.gguf_file}
 
-    def render(self, prompt: str) -> str:
+    def render(self, messages: list[dict]) -> str:
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                      add_generation_prompt=True)
-        return prompt
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages)
 
     @torch.no_grad()
-    def complete(self, prompts: list[str]) -> list[str | Exception]:
-        out: list[str | Exception] = []
-        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = [self.render(p) for p in prompts[start:start + self.batch_size]]
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            try:
-                ids = self.lm.generate(**enc, max_new_tokens=self.max_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                       **sampling)
-            except RuntimeError as err:  # e.g. out of memory: every prompt of the chunk fails, counted
-                out += [err] * len(chunk)
-                continue
-            out += self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    def complete(self, requests):
+        """Requests are grouped by sampling settings, then generated in batches of ``batch_size``."""
+        out: list = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, (_, sampling) in enumerate(requests):
+            groups.setdefault(repr(sorted(sampling.items())), []).append(i)
+        for members in groups.values():
+            sampling = requests[members[0]][1]
+            temperature = sampling.get("temperature", self.temperature)
+            kwargs = {"do_sample": True, "temperature": temperature, "top_p": sampling.get("top_p", 1.0)} \
+                if temperature and temperature > 0 else {"do_sample": False}
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start:start + self.batch_size]
+                texts = [self.render(requests[i][0]) for i in chunk]
+                enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+                try:
+                    ids = self.lm.generate(**enc, max_new_tokens=sampling.get("max_tokens", self.max_tokens),
+                                           pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+                except RuntimeError as err:  # e.g. out of memory: every request of the chunk fails, counted
+                    for i in chunk:
+                        out[i] = err
+                    continue
+                for i, text in zip(chunk, self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:],
+                                                                      skip_special_tokens=True)):
+                    out[i] = text
         return out

@@ -1,112 +1,220 @@
-"""``LLMJudge``: prompts, de-duplication, the reply cache and parse re-asks for any text-completion backend.
+"""``LLMJudge``: prompts, de-duplication, the reply cache and parse re-asks for any chat-completion backend.
 
-A backend implements ``complete(prompts) -> list[str | Exception]`` for a whole batch at once (concurrent
-HTTP calls, or one batched ``generate``). Everything else — and so the judging behaviour — is shared.
+A backend implements ``complete(requests) -> list[str | Exception]`` for a whole batch of requests (each a list
+of chat messages plus sampling settings), or ``stream(requests, on_reply)`` to hand over each reply the moment
+it arrives. Every reply is written to the cache as it arrives, keyed by (model, messages, sampling, attempt),
+so a run killed in the middle of a concurrent batch pays for none of its answered calls again, and a resumed
+run replays exactly the replies (good or bad) the first run got.
+
+Two protocols (see ``vcap.judges.prompts``): ``robust`` (tolerant parsing, ``1 + parse_retries`` tries, re-asks
+at ``retry_temperature``, at most ``max_events`` extracted items) and ``official`` (the official scripts' parsers,
+10 tries, no item cap, and the sampling settings the benchmark code passes).
 """
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from vcap.judges.base import EntailmentResult, ExtractionResult, Judge, RatingResult
 from vcap.judges.cache import ReplyCache, cache_key
-from vcap.judges.llm_text import (ReplyError, load_prompts, parse_answer, parse_grade, parse_items, parse_json_object,
-                                  parse_rating, parse_verdicts)
+from vcap.judges.llm_text import (ReplyCountError, ReplyError, official_grade, official_items, official_verdicts, parse_answer,
+                                  parse_grade, parse_items, parse_json_object, parse_rating, parse_verdicts)
+from vcap.judges.prompts import load_prompts
+from vcap.judges.schemas import reply_schema
 from vcap.rewards.parsing import subjects_from_json
 
 log = logging.getLogger(__name__)
+OFFICIAL_ATTEMPTS = 10  # the official DREAM/CaReBench loops: max_retry=10 per call
+
+
+@dataclass
+class Job:
+    """One judge call: messages, the parser of its reply, sampling settings and how many tries it gets."""
+    messages: list[dict]
+    parse: Callable[[str], Any]
+    sampling: dict = field(default_factory=dict)
+    attempts: int = 1
+    retry_sampling: dict | None = None  # sampling of re-asks (None: the same as the first ask)
+    retry_errors: bool = False  # does a transport error (after the SDK's retries) cost a try or end the job
+    fatal: tuple = ()  # ReplyError subclasses that end the job at once, without another try
+    distinct: bool = False  # official: a repeated request is a call of its own (the official code asks it again)
+
+    def key(self) -> str:
+        return repr((self.messages, sorted(self.sampling.items())))
 
 
 class LLMJudge(Judge):
     def __init__(self, model: str, temperature: float = 0.0, max_tokens: int = 512, parse_retries: int = 2,
-                 cache: str | None = "judge_cache.sqlite", prompt_file: str | None = None, max_events: int = 10):
+                 cache: str | None = "judge_cache.sqlite", prompt_file: str | None = None, max_events: int = 10,
+                 retry_temperature: float = 0.7):
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
-        self.parse_retries, self.max_events = parse_retries, max_events
-        self.prompts = load_prompts(prompt_file)
+        self.parse_retries, self.max_events, self.retry_temperature = parse_retries, max_events, retry_temperature
+        self.prompt_sets = load_prompts(prompt_file)
         self.cache = ReplyCache(cache) if cache else None
-        self.calls = 0  # prompts actually sent to the backend (cache misses and re-asks)
+        self.calls = 0  # requests actually sent to the backend (cache misses and re-asks)
         self.failures = 0
+        self.structured_output = False  # backends that can constrain replies to a JSON schema switch this on
+        self._occurrences: dict[str, int] = {}  # how often each distinct request was asked in this run
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "temperature": self.temperature}
 
-    def complete(self, prompts: list[str]) -> list[str | Exception]:
+    # -- backend contract ------------------------------------------------------------------------------------
+    def complete(self, requests: list[tuple[list[dict], dict]]) -> list[str | Exception]:
+        """One reply (or the exception that replaced it) per (messages, sampling)."""
         raise NotImplementedError
 
-    def ask(self, jobs: list[tuple[str, Callable[[str], Any]]]) -> list[tuple[Any, str | None]]:
-        """(parsed value, None) or (None, error) per (prompt, parser); identical prompts are asked once."""
-        unique: dict[str, Callable[[str], Any]] = {}
-        for prompt, parse in jobs:
-            unique.setdefault(prompt, parse)
-        params = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}
-        keys = {p: cache_key(prompt=p, **params) for p in unique}
-        answers: dict[str, tuple[Any, str | None]] = {}
-        pending = []
-        for prompt, parse in unique.items():
-            cached = self.cache.get(keys[prompt]) if self.cache is not None else None
-            try:
+    def stream(self, requests: list[tuple[list[dict], dict]], on_reply: Callable[[int, str | Exception], None]) -> None:
+        """Calls ``on_reply(index, reply)`` as each reply arrives (default: after the whole batch)."""
+        for i, reply in enumerate(self.complete(requests)):
+            on_reply(i, reply)
+
+    # -- asking ------------------------------------------------------------------------------------------------
+    def robust_sampling(self) -> tuple[dict, dict]:
+        first = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        return first, {**first, "temperature": max(self.temperature, self.retry_temperature)}
+
+    def ask(self, jobs: list[Job]) -> list[tuple[Any, str | None]]:
+        """(parsed value, None) or (None, error) per job. Identical jobs are asked once, except ``distinct`` ones:
+        the n-th repeat of a request in this run is its own call, cached under its own key (a re-run replays the
+        same numbering, so it still pays nothing twice)."""
+        unique: dict[tuple[str, int], Job] = {}
+        job_keys = []
+        for job in jobs:
+            key = (job.key(), 0)
+            if job.distinct:
+                key = (key[0], self._occurrences.get(key[0], 0))
+                self._occurrences[key[0]] = key[1] + 1
+            job_keys.append(key)
+            unique.setdefault(key, job)
+        answers: dict[tuple[str, int], tuple[Any, str | None]] = {}
+        pending = list(unique)
+        attempt = 0
+        while pending:
+            sampling = {k: (unique[k].sampling if attempt == 0 or unique[k].retry_sampling is None
+                            else unique[k].retry_sampling) for k in pending}
+            cache_keys = {k: cache_key(model=self.model, messages=unique[k].messages, sampling=sampling[k],
+                                       attempt=attempt, **({"occurrence": k[1]} if k[1] else {})) for k in pending}
+            replies: dict[str, str | Exception] = {}
+            to_send = []
+            for k in pending:
+                cached = self.cache.get(cache_keys[k]) if self.cache is not None else None
                 if cached is not None:
-                    answers[prompt] = (parse(cached), None)
-                    continue
-            except ReplyError:
-                pass  # written by an older parser: ask again
-            pending.append(prompt)
-        for attempt in range(1 + self.parse_retries):
-            if not pending:
-                break
-            self.calls += len(pending)
+                    replies[k] = cached
+                else:
+                    to_send.append(k)
+            if to_send:
+                self.calls += len(to_send)
+
+                def on_reply(i: int, reply: str | Exception, to_send=to_send) -> None:
+                    k = to_send[i]
+                    replies[k] = reply
+                    if self.cache is not None and not isinstance(reply, Exception):
+                        self.cache.put(cache_keys[k], reply)  # at once: a kill mid-batch loses no answer
+
+                self.stream([(unique[k].messages, sampling[k]) for k in to_send], on_reply)
             retry = []
-            for prompt, reply in zip(pending, self.complete(pending)):
-                if isinstance(reply, Exception):  # transport failure: the backend already retried
-                    answers[prompt] = (None, f"{type(reply).__name__}: {reply}")
-                    continue
-                try:
-                    answers[prompt] = (unique[prompt](reply), None)
-                except ReplyError as err:
-                    answers[prompt] = (None, f"unparseable reply after {attempt + 1} tries: {err}")
-                    retry.append(prompt)
-                    continue
-                if self.cache is not None:
-                    self.cache.put(keys[prompt], reply)
-            pending = retry
-        for prompt, (_, error) in answers.items():
+            for k in pending:
+                reply, job = replies[k], unique[k]
+                if isinstance(reply, Exception):  # transport failure after the SDK's own retries
+                    answers[k] = (None, f"{type(reply).__name__}: {reply}")
+                    if not job.retry_errors:
+                        continue
+                else:
+                    try:
+                        answers[k] = (job.parse(reply), None)
+                        continue
+                    except ReplyError as err:
+                        answers[k] = (None, f"unparseable reply after {attempt + 1} tries: {err}")
+                        if isinstance(err, job.fatal):
+                            continue
+                if attempt + 1 < job.attempts:
+                    retry.append(k)
+            pending, attempt = retry, attempt + 1
+        for _, error in answers.values():
             if error:
                 self.failures += 1
                 log.warning("judge %s failed: %s", self.model, error)
-        return [answers[p] for p, _ in jobs]
+        return [answers[key] for key in job_keys]
 
+    def _job(self, protocol: str, name: str, parse, sampling: dict | None = None, attempts: int = OFFICIAL_ATTEMPTS,
+             **values) -> Job:
+        template = self.prompt_sets[protocol][name]
+        if protocol == "official":  # any failed try (transport or parse) is tried again, as the official loops do
+            return Job(template.messages(**values), parse, dict(sampling or {}), attempts, retry_errors=True,
+                       distinct=True)
+        first, retry = self.robust_sampling()
+        schema = reply_schema(name, values.get("count"), values.get("max_items")) if self.structured_output else None
+        if schema is not None:  # the backend turns it into the server's response_format
+            first, retry = {**first, "json_schema": schema}, {**retry, "json_schema": schema}
+        return Job(template.messages(**values), parse, first, 1 + self.parse_retries, retry)
+
+    def reply_key(self, protocol: str, name: str) -> str | None:
+        return self.prompt_sets[protocol][name].reply_key
+
+    # -- robust API (rewards, annotate, protocol: robust) --------------------------------------------------------
     def entail_many(self, requests):
-        jobs = []
-        for premise, hypotheses in requests:
-            prompt = self.prompts["entailment"].format(premise=premise, count=len(hypotheses),
-                                                       hypotheses=json.dumps(hypotheses, ensure_ascii=False))
-            jobs.append((prompt, lambda reply, n=len(hypotheses): parse_verdicts(reply, n)))
+        jobs = [self._job("robust", "entailment", lambda reply, n=len(h): parse_verdicts(reply, n),
+                          premise=p, hypotheses=list(h), count=len(h)) for p, h in requests]
         return [EntailmentResult(v, e) for v, e in self.ask(jobs)]
 
     def extract_events(self, texts):
-        return self._extract(texts, "events")
+        return self.extract(texts, "events")
 
     def extract_objects(self, texts):
-        return self._extract(texts, "objects")
+        return self.extract(texts, "objects")
 
-    def _extract(self, texts, kind: str):
-        jobs = [(self.prompts[f"extract_{kind}"].format(text=t, max_items=self.max_events),
-                 lambda reply: parse_items(reply, kind)[: self.max_events]) for t in texts]
+    def extract(self, texts: list[str], kind: str, protocol: str = "robust", sampling: dict | None = None):
+        """Items of ``kind`` ('events' or 'objects') described by each text."""
+        name = f"extract_{kind}"
+        if protocol == "official":
+            key = self.reply_key(protocol, name)
+            jobs = [self._job(protocol, name, lambda reply: official_items(reply, key), sampling, text=t,
+                              max_items=10) for t in texts]
+        else:
+            jobs = [self._job(protocol, name, lambda reply: parse_items(reply, kind)[: self.max_events], text=t,
+                              max_items=self.max_events) for t in texts]
         return [ExtractionResult(v, e) for v, e in self.ask(jobs)]
 
-    def answer_questions(self, texts: list[str], questions: list[str]) -> list[tuple[str | None, str | None]]:
-        """(answer, error) for each question, answered from its text alone (VDC's first step)."""
-        return self.ask([(self.prompts["answer_question"].format(text=t, question=q), parse_answer)
+    def entail(self, requests: list[tuple[str, list[str], str]], kind: str, protocol: str = "robust",
+               sampling: dict | None = None, one_shot_errors: bool = False) -> list[EntailmentResult]:
+        """For each (premise, items, stand-in): the verdict of each item. Under ``official`` an empty item list
+        is still asked, with ``stand-in`` (the text the items came from) as the single item, and scores 1.
+        ``one_shot_errors``: a wrong entry count or a transport failure ends the call without another try, as
+        in CaReBench's loop (its ``logger.error(..., flush=True)`` raises TypeError on those paths)."""
+        if protocol != "official":
+            return self.entail_many([(p, h) for p, h, _ in requests])
+        name = f"entail_{kind}"
+        key = self.reply_key(protocol, name)
+        jobs = []
+        for premise, items, stand_in in requests:
+            sent = list(items) if items else [stand_in.lower().replace("\n", " ")]
+            job = self._job(protocol, name, lambda reply, n=len(items): official_verdicts(reply, key, n),
+                            sampling, premise=premise, hypotheses=sent, count=len(sent))
+            if one_shot_errors:
+                job.retry_errors, job.fatal = False, (ReplyCountError,)
+            jobs.append(job)
+        return [EntailmentResult(v, e) for v, e in self.ask(jobs)]
+
+    def answer_questions(self, texts: list[str], questions: list[str], protocol: str = "robust",
+                         sampling: dict | None = None) -> list[tuple[str | None, str | None]]:
+        """(answer, error) for each question, answered from its text alone (VDC's first step). Officially the
+        raw reply is the answer."""
+        parse = (lambda reply: reply) if protocol == "official" else parse_answer
+        # the official VDC script asks each step once: any failure skips the video
+        return self.ask([self._job(protocol, "answer_question", parse, sampling, 1, text=t, question=q)
                          for t, q in zip(texts, questions)])
 
-    def grade_answers(self, questions: list[str], answers: list[str], predictions: list[str]):
-        """((yes/no, 0-5), error) for each predicted answer against the correct one (VDC's second step)."""
-        return self.ask([(self.prompts["grade_answer"].format(question=q, answer=a, prediction=p), parse_grade)
+    def grade_answers(self, questions: list[str], answers: list[str], predictions: list[str],
+                      protocol: str = "robust", sampling: dict | None = None):
+        """((pred, 0-5), error) for each predicted answer against the correct one (VDC's second step)."""
+        parse = official_grade if protocol == "official" else parse_grade
+        return self.ask([self._job(protocol, "grade_answer", parse, sampling, 1, question=q, answer=a, prediction=p)
                          for q, a, p in zip(questions, answers, predictions)])
 
     def rate(self, texts, references):
-        jobs = [(self.prompts["rate"].format(text=t, reference=r), parse_rating) for t, r in zip(texts, references)]
+        jobs = [self._job("robust", "rate", parse_rating, text=t, reference=r) for t, r in zip(texts, references)]
         return [RatingResult(*(v or (None, None)), error=e) for v, e in self.ask(jobs)]
 
     def extract_structure(self, texts):
@@ -115,5 +223,5 @@ class LLMJudge(Judge):
                 return [s.to_json() for s in subjects_from_json(parse_json_object(reply))]
             except ValueError as err:
                 raise ReplyError(str(err)) from err
-        jobs = [(self.prompts["extract_structure"].format(text=t), parse) for t in texts]
-        return [ExtractionResult(v, e) for v, e in self.ask(jobs)]
+        return [ExtractionResult(v, e) for v, e in self.ask([self._job("robust", "extract_structure", parse, text=t)
+                                                              for t in texts])]

@@ -1,81 +1,24 @@
-"""Prompt texts and reply parsing shared by the LLM judges (our own wording; override with a prompt file)."""
+"""Reply parsing for the LLM judges: tolerant parsers (robust protocol) and the official scripts' parsers.
+
+The ``official_*`` functions accept and reject exactly the replies the official scoring code accepts and rejects
+(Tarsier ``evaluation/metrics/evaluate_dream_gpt.py``, CaReBench ``utils/dream_gpt.py``, AuroraCap
+``post_eval/process_vdc_result.py``); a rejected reply raises ``ReplyError`` and, there as here, costs a try.
+"""
 from __future__ import annotations
 
 import ast
 import json
 import re
-from pathlib import Path
 
 from vcap.judges.base import VERDICTS
-
-PROMPTS = {
-    "entailment": (
-        "You compare a video description with a list of statements about the same video.\n"
-        "For each statement decide whether the description supports it:\n"
-        "- entailment: the description states or clearly implies it;\n"
-        "- contradiction: the description states something incompatible with it;\n"
-        "- neutral: the description does not say.\n\n"
-        "Description:\n{premise}\n\nStatements (JSON list):\n{hypotheses}\n\n"
-        'Reply with JSON only: {{"verdicts": ["entailment" | "neutral" | "contradiction", ...]}} '
-        "with exactly {count} verdicts, in the order of the statements."
-    ),
-    "extract_events": (
-        "List the key events of this video description: each a short sentence (10 words or fewer) with a subject "
-        "and an action or motion, one action per sentence, pronouns replaced by the nouns they stand for. Static "
-        "details, scene cuts and camera motion are not events. At most {max_items} events.\n\n"
-        "Description:\n{text}\n\nReply with JSON only: {{\"events\": [\"...\", ...]}}"
-    ),
-    "extract_objects": (
-        "List the key objects of this video description, at most {max_items}. Describe each with its attributes "
-        "in 10 words or fewer, one attribute per item, phrased as \"There is/are ...\". Atmosphere, music, "
-        "sounds, scene cuts, camera motion and actions are not objects.\n\nDescription:\n{text}\n\n"
-        "Reply with JSON only: {{\"objects\": [\"...\", ...]}}"
-    ),
-    "answer_question": (
-        "Answer a question about a video using only this description of it. If the description does not say, "
-        "answer that it does not say. Give a short phrase.\n\nDescription:\n{text}\n\nQuestion: {question}\n\n"
-        "Reply with JSON only: {{\"answer\": \"...\"}}"
-    ),
-    "grade_answer": (
-        "Grade a predicted answer to a question about a video against the correct answer. Synonyms and "
-        "paraphrases count as matches.\n\nQuestion: {question}\nCorrect answer: {answer}\n"
-        "Predicted answer: {prediction}\n\n"
-        'Reply with JSON only: {{"pred": "yes" | "no", "score": <integer 0-5>}}'
-    ),
-    "rate": (
-        "Rate a generated video caption against a reference description of the same video.\n"
-        "completeness: how much of the reference's content (subjects, attributes, actions, their order) the "
-        "caption covers, 0 (nothing) to 10 (everything).\n"
-        "naturalness: how fluent, coherent and non-repetitive the caption reads, 0 to 10.\n\n"
-        "Reference:\n{reference}\n\nCaption:\n{text}\n\n"
-        'Reply with JSON only: {{"completeness": <0-10>, "naturalness": <0-10>}}'
-    ),
-    "extract_structure": (
-        "From this video description, list every key subject with its attributes and its actions in the order "
-        "they happen. Use short phrases.\n\nDescription:\n{text}\n\n"
-        'Reply with JSON only: {{"subjects": [{{"subject": "...", "attributes": ["..."], "actions": ["..."]}}]}}'
-    ),
-}
-
-
-def load_prompts(prompt_file: str | None) -> dict[str, str]:
-    """Built-in prompts, with any of them replaced by a JSON file {"entailment": "...", ...}."""
-    prompts = dict(PROMPTS)
-    if prompt_file:
-        path = Path(prompt_file)
-        try:
-            custom = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read judge prompt file {path}: {err}") from err
-        unknown = set(custom) - set(PROMPTS)
-        if unknown:
-            raise ValueError(f"{path}: unknown prompt names {sorted(unknown)}; valid: {sorted(PROMPTS)}")
-        prompts.update(custom)
-    return prompts
-
+from vcap.judges.prompts import ROBUST as PROMPTS, load_prompts  # noqa: F401  (re-exported)
 
 class ReplyError(ValueError):
     """A judge reply that does not hold the expected JSON."""
+
+
+class ReplyCountError(ReplyError):
+    """An entailment reply with the wrong number of entries (CaReBench's loop fails the sample on it at once)."""
 
 
 _FENCE = re.compile(r"```(?:json|python)?\s*(.*?)```", re.DOTALL)
@@ -161,3 +104,77 @@ def parse_grade(reply: str) -> tuple[str, float]:
     if not 0 <= score <= 5:
         raise ReplyError(f"score {score} is outside 0-5")
     return pred, score
+
+
+# -- the official scripts' parsers ---------------------------------------------------------------------------
+def _strip_fence(text: str) -> str:
+    """Official rule: only a reply that *starts* with a json/python fence loses its fences."""
+    if text.startswith("```json"):
+        return text.replace("```json", "").replace("```", "").strip()
+    if text.startswith("```python"):
+        return text.replace("```python", "").replace("```", "").strip()
+    return text
+
+
+def official_items(reply: str, key: str) -> list:
+    """Extraction reply as the official code reads it: the whole reply is a Python literal with a list under
+    ``key`` whose first item (if any) is a string; nothing is truncated, stripped or filtered."""
+    try:
+        items = ast.literal_eval(_strip_fence(reply))[key]
+    except Exception as err:  # the official loop catches everything here and tries again
+        raise ReplyError(f"not a Python literal with '{key}': {reply[:120]!r}") from err
+    if not isinstance(items, list) or (items and not isinstance(items[0], str)):
+        raise ReplyError(f"'{key}' is not a list of strings: {reply[:120]!r}")
+    return items
+
+
+def official_normalize(reply: str, key: str) -> str:
+    """The official repair of an entailment reply before ``json.loads`` (whitespace collapse, fences, missing
+    outer braces, True/False, ``}{`` joins, trailing commas, ``[Placeholder]``, a leading ``{Events:``)."""
+    text = re.sub(r"\s+", " ", re.sub(r"\n+", "\n", reply.strip()))
+    text = _strip_fence(text)
+    if not text.startswith("{"):
+        text = "{" + text
+    if not text.endswith("}"):
+        text = text + "}"
+    text = text.replace("True", "true").replace("False", "false")
+    text = text.replace("} {", "}, {").replace("}{", "}, {")
+    for close in ("}", "]"):
+        for junk in (",\n", ", \n"):
+            text = text.replace(junk + close, "\n" + close)
+        text = text.replace(", " + close, close).replace("," + close, close)
+    text = text.replace("[Placeholder]", "null")
+    return text.replace("{" + key.capitalize() + ":", "").strip()
+
+
+def official_verdicts(reply: str, key: str, sent: int) -> list[str]:
+    """Entailment reply as the official code reads it. ``sent`` is the number of items in the request's list
+    (0 when the list was empty and the other text was sent in its place: then 0 or 1 entries are accepted and
+    the sample scores 1 whatever they say, so [] is returned)."""
+    try:
+        filled = json.loads(official_normalize(reply, key))[key]
+        ok_count = len(filled) == sent or (sent == 0 and len(filled) == 1)
+    except Exception as err:
+        raise ReplyError(f"not JSON with '{key}' after the official repairs: {reply[:120]!r}") from err
+    if not ok_count:
+        raise ReplyCountError(f"expected {sent or 1} '{key}' entries, got {len(filled)}")
+    try:
+        verdicts = [item["relationship"].strip().lower() for item in filled]
+    except Exception as err:
+        raise ReplyError(f"an entry has no 'relationship' string: {reply[:120]!r}") from err
+    bad = [v for v in verdicts if v not in VERDICTS]
+    if bad:
+        raise ReplyError(f"unknown relationship {bad[0]!r}; expected one of {VERDICTS}")
+    return verdicts if sent else []
+
+
+def official_grade(reply: str) -> tuple[str, float]:
+    """VDC grade reply as the official script reads it: ``ast.literal_eval`` of the whole reply merged into the
+    QA dict, ``float(score)``, and ``pred`` kept verbatim (only exactly ``'yes'`` is a hit)."""
+    qa: dict = {}
+    try:
+        qa.update(ast.literal_eval(reply))
+        pred, score = qa["pred"], float(qa["score"])
+    except Exception as err:  # the official script skips the whole video on any exception
+        raise ReplyError(f"not a Python dict with 'pred' and a numeric 'score': {reply[:120]!r}") from err
+    return (pred if isinstance(pred, str) else repr(pred)), score

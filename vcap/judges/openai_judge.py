@@ -8,10 +8,14 @@ written to configs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 from vcap.judges.base import register_judge
 from vcap.judges.llm import LLMJudge
+
+log = logging.getLogger(__name__)
+RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
 
 
 @register_judge("openai")
@@ -25,42 +29,87 @@ class OpenAIJudge(LLMJudge):
         parse_retries: extra asks when a reply does not parse.
         concurrency: requests in flight at once.
         cache: SQLite file of replies keyed by (model, prompt, sampling); None disables it.
-        prompt_file: JSON file overriding the built-in prompt texts.
+        prompt_file: JSON file overriding the built-in prompt texts (see vcap.judges.prompts).
+        retry_temperature: temperature of re-asks under the robust protocol (a greedy re-ask repeats itself).
+        response_format: how robust-protocol requests ask for JSON that follows the reply's schema: 'auto'
+            (OpenAI-style json_schema, as vLLM, SGLang, llama.cpp's llama-server and OpenAI accept; on a 400/422
+            the next form), 'json_schema', 'json_object' ({"type": "json_object", "schema": ...}, as
+            llama-cpp-python's server accepts) or 'none' (plain text). Official-protocol requests never carry it.
     """
 
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 512, timeout: float = 60.0, max_retries: int = 3,
                  parse_retries: int = 2, concurrency: int = 16, cache: str | None = "judge_cache.sqlite",
-                 prompt_file: str | None = None, max_events: int = 10):
-        super().__init__(model, temperature, max_tokens, parse_retries, cache, prompt_file, max_events)
+                 prompt_file: str | None = None, max_events: int = 10, retry_temperature: float = 0.7,
+                 response_format: str = "auto"):
+        super().__init__(model, temperature, max_tokens, parse_retries, cache, prompt_file, max_events,
+                         retry_temperature)
+        if response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"response_format must be one of {list(RESPONSE_FORMATS)}, got {response_format!r}")
         self.base_url, self.api_key_env = base_url, api_key_env
         self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
+        self.response_format = response_format
+        self.structured_output = response_format != "none"
+        # the forms still to try, best first; 'auto' drops a form the server rejects
+        self._forms = {"auto": ["json_schema", "json_object", "none"], "none": ["none"]}.get(
+            response_format, [response_format])
 
     def describe(self):
-        return {**super().describe(), "base_url": self.base_url}
+        return {**super().describe(), "base_url": self.base_url, "response_format": self._forms[0]}
 
     def __repr__(self) -> str:  # no key material, ever
         return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r})"
 
-    def complete(self, prompts: list[str]) -> list[str | Exception]:
-        from openai import AsyncOpenAI
+    def complete(self, requests):
+        out: list = [None] * len(requests)
+
+        def keep(i, reply):
+            out[i] = reply
+        self.stream(requests, keep)
+        return out
+
+    def stream(self, requests, on_reply) -> None:
+        """Concurrent calls; each reply is handed over the moment it arrives. The request body holds exactly
+        the messages and the sampling keys given (official protocols: often none at all)."""
+        from openai import APIStatusError, AsyncOpenAI
 
         async def main():
             client = AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
                                  timeout=self.timeout, max_retries=self.max_retries)
             semaphore = asyncio.Semaphore(self.concurrency)
 
-            async def one(prompt: str) -> str | Exception:
+            async def one(i: int, messages: list[dict], sampling: dict) -> None:
+                schema = sampling.get("json_schema")
                 async with semaphore:
-                    try:
-                        response = await client.chat.completions.create(
-                            model=self.model, messages=[{"role": "user", "content": prompt}],
-                            temperature=self.temperature, max_tokens=self.max_tokens)
-                    except Exception as err:  # reported per prompt; the SDK already retried
-                        return err
-                return response.choices[0].message.content or ""
+                    while True:
+                        form = self._forms[0] if schema else "none"
+                        kwargs = {k: v for k, v in sampling.items() if k != "json_schema"}
+                        if form == "json_schema":
+                            kwargs["response_format"] = {"type": "json_schema", "json_schema": schema}
+                        elif form == "json_object":
+                            kwargs["response_format"] = {"type": "json_object", "schema": schema["schema"]}
+                        try:
+                            response = await client.chat.completions.create(model=self.model, messages=messages,
+                                                                            **kwargs)
+                            reply = response.choices[0].message.content or ""
+                        except APIStatusError as err:
+                            # 400/422, or a 500 that names the field (llama-cpp-python's server wraps its
+                            # validation error): the server does not take this form of response_format
+                            rejected = err.status_code in (400, 422) or any(
+                                word in str(err) for word in ("response_format", "json_schema"))
+                            if form != "none" and self.response_format == "auto" and rejected:
+                                if self._forms[0] == form and len(self._forms) > 1:
+                                    self._forms.pop(0)  # the server does not take this form: use the next
+                                    log.info("judge server rejected response_format %s (%s); trying %s", form,
+                                             str(err)[:120], self._forms[0])
+                                continue
+                            reply = err
+                        except Exception as err:  # reported per request; the SDK already retried
+                            reply = err
+                        break
+                on_reply(i, reply)
             try:
-                return await asyncio.gather(*(one(p) for p in prompts))
+                await asyncio.gather(*(one(i, m, s) for i, (m, s) in enumerate(requests)))
             finally:
                 await client.close()
-        return asyncio.run(main())
+        asyncio.run(main())
