@@ -91,6 +91,23 @@ def test_summarize_mean_and_std_by_hand():
     assert summary["GRPO"]["think_f1"]["std"] == pytest.approx(0.1414213562)
 
 
+def test_compare_config_names_recipes_that_exist():
+    from jsonargparse import ArgumentParser
+
+    from vcap.compare import compare
+
+    parser = ArgumentParser()
+    parser.add_argument("--config", action="config")
+    parser.add_function_arguments(compare)
+    config = parser.parse_args(["--config", str(ROOT / "configs/demo/compare.yaml")])
+    for key in ("grpo_config", "sft_config"):
+        assert (ROOT / config[key]).is_file(), key
+    sft = yaml.safe_load((ROOT / config.sft_config).read_text())["data"]["init_args"]
+    grpo = yaml.safe_load((ROOT / config.grpo_config).read_text())["data"]["init_args"]
+    for key in ("dataset_seed", "num_train", "num_val"):  # the same training videos and held-out set
+        assert sft[key] == grpo[key], key
+
+
 def test_compare_end_to_end_on_the_tiny_model(tmp_path):
     shapes = {"root": str(tmp_path / "shapes"), "num_train": 8, "num_val": 4, "num_workers": 0, "batch_size": 2,
               "val_batch_size": 4}

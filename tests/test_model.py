@@ -64,7 +64,7 @@ def test_missing_models_explain_what_to_do(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="exists but could not be loaded"):
         load_processor(str(tmp_path / "empty"))
-    with pytest.raises(ModelNotFoundError, match="huggingface-cli download"):
+    with pytest.raises(ModelNotFoundError, match="hf download nobody/not-a-model-xyz"):
         load_policy("nobody/not-a-model-xyz")  # HF_HUB_OFFLINE=1 in tests: no network attempt
     with pytest.raises(ValueError, match="dtype"):
         load_policy("vcap-tiny", dtype="fp8")
