@@ -13,19 +13,11 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from vcap.model.tiny import TINY_PIXELS, build_tokenizer, cache_root
+from vcap.model.tiny import CHAT_TEMPLATE, TINY_PIXELS, build_tokenizer, cache_root
 
 # Our templates, written to the families' published conversation format: Qwen2-VL and Qwen2.5-VL add a
 # default system turn when there is none; Qwen3-VL does not.
-_TURNS = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+_TURNS = CHAT_TEMPLATE  # the same turns as vcap-tiny's template
 QWEN2_5_VL_TEMPLATE = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
                        "<|im_end|>\n{% endif %}" + _TURNS)
 QWEN3_VL_TEMPLATE = _TURNS
