@@ -10,7 +10,7 @@ import torch
 
 from vcap.grpo.losses import get_loss_aggregation, group_advantages, grpo_loss
 from vcap.grpo.prefix import check_shared_prefix_support
-from vcap.grpo.rollout import Rollout, chunked_logprobs, sample_completions, sequence_logprobs
+from vcap.grpo.rollout import ROLLOUT_ENGINES, Rollout, chunked_logprobs, sample_completions, sequence_logprobs
 from vcap.grpo.vision import encode_videos
 from vcap.policy import CaptionPolicyModule
 from vcap.rewards import RewardOutput, parse_completion
@@ -36,15 +36,19 @@ class GRPOModule(CaptionPolicyModule):
         shared_prefix: log-prob passes run each prompt once per micro-batch, its completions attending to it
             (exact; sdpa/eager); false repeats the prompt per completion. A micro_batch_size that is a multiple
             of num_generations runs each prompt exactly once per pass.
+        rollout_engine: 'vcap' prefills each prompt once and decodes its G completions from a shared cache;
+            'hf' is one ``generate(num_return_sequences=G)`` call.
     """
 
     def __init__(self, num_generations: int = 8, beta: float = 0.04, epsilon: float = 0.2,
                  epsilon_high: float | None = None, loss_type: str = "grpo", scale_rewards: str = "group",
                  max_completion_length: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
                  num_iterations: int = 1, micro_batch_size: int = 8, max_grad_norm: float = 1.0,
-                 log_completions_every: int = 50, shared_prefix: bool = True, **kwargs):
+                 log_completions_every: int = 50, shared_prefix: bool = True, rollout_engine: str = "vcap", **kwargs):
         super().__init__(**kwargs)
         get_loss_aggregation(loss_type)  # fail at config time on a bad name
+        if rollout_engine not in ROLLOUT_ENGINES:
+            raise ValueError(f"unknown rollout_engine {rollout_engine!r}; valid: {list(ROLLOUT_ENGINES)}")
         if num_generations < 2:
             raise ValueError("num_generations must be >= 2: GRPO compares completions within a group")
         if num_iterations < 1 or micro_batch_size < 1:
@@ -68,7 +72,7 @@ class GRPOModule(CaptionPolicyModule):
         videos = encode_videos(self.model, batch["inputs"])  # once per step; None when the tower trains
         rollout = sample_completions(self.model, batch["inputs"], hp.num_generations, hp.max_completion_length,
                                      self.eos_token_ids, self.tokenizer.pad_token_id, hp.temperature, hp.top_p,
-                                     video_features=videos)
+                                     video_features=videos, engine=hp.rollout_engine)
         texts = self.clean(self.decode(rollout.completion_ids))
         records = [r for r in batch["records"] for _ in range(hp.num_generations)]
         rewards = self.reward_set([parse_completion(t) for t in texts], records)

@@ -9,11 +9,13 @@ from functools import cached_property
 
 import torch
 
+from vcap.grpo.decode import prefill_once_generate
 from vcap.grpo.logprobs import selected_logprobs
 from vcap.grpo.prefix import shared_prefix_logprobs
 from vcap.grpo.vision import select_features
 
 PER_SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+ROLLOUT_ENGINES = ("hf", "vcap")
 
 
 @dataclass
@@ -74,8 +76,28 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> t
 @torch.no_grad()
 def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
                        eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                       do_sample: bool = True, video_features=None, **generate_kwargs) -> Rollout:
-    """One batched ``generate`` call for all prompts x G; ``video_features`` replace the pixels when given."""
+                       do_sample: bool = True, video_features=None, engine: str = "hf", **generate_kwargs) -> Rollout:
+    """All prompts x G completions in one batch; ``video_features`` replace the pixels when given.
+
+    ``engine``: 'hf' is one ``generate(num_return_sequences=G)`` call; 'vcap' prefills each prompt once and decodes
+    the G copies from its expanded cache (``vcap.grpo.decode``; extra options: ``min_new_tokens`` only).
+    """
+    if engine not in ROLLOUT_ENGINES:
+        raise ValueError(f"unknown rollout engine {engine!r}; valid: {list(ROLLOUT_ENGINES)}")
+    if engine == "vcap":
+        unsupported = sorted(set(generate_kwargs) - {"min_new_tokens"})
+        if unsupported:
+            raise ValueError(f"rollout engine 'vcap' does not support {unsupported}; use engine 'hf' for them")
+        was_training = model.training
+        model.eval()
+        try:
+            completion_ids = prefill_once_generate(
+                model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id, temperature, top_p,
+                do_sample, video_features, vision_token_ids(model), generate_kwargs.get("min_new_tokens", 0))
+        finally:
+            model.train(was_training)
+        return Rollout(inputs, num_generations, completion_ids, completion_mask(completion_ids, eos_token_ids),
+                       video_features)
     was_training = model.training
     model.eval()
     prompt_inputs = dict(inputs)
