@@ -3,8 +3,10 @@
 Random-weight models with the real Qwen2-VL geometry stand in for checkpoints (no download needed), so the
 numbers measure compute, not quality. ``--compare`` runs both in one process on the same model and inputs:
 
-* ``repeated``: today's layout: each prompt (video rows included) copied G times into every log-prob pass;
-* ``engine``: each video encoded once per step, each prompt run once per micro-batch (shared prefix).
+* ``repeated``: HF ``generate(num_return_sequences=G)``, then each prompt (video rows included) copied G times
+  into every log-prob pass;
+* ``engine``: each video encoded once per step, the ``vcap`` rollout engine (each prompt prefilled once), each
+  prompt run once per micro-batch in the log-prob passes (shared prefix).
 
 It prints one JSON object: seconds per phase, ratios, ViT patch rows and language-model tokens processed,
 peak CUDA memory per phase.
@@ -134,10 +136,10 @@ def run_step(model, opt, inputs, args, tokenizer, engine: bool, counter: WorkCou
         return out
 
     features = phase("vision", lambda: encode_videos(model, inputs)) if engine else None
-    model.generation_config.min_new_tokens = n_new  # fixed length: comparable timings
     torch.manual_seed(0)
-    rollout = phase("rollout", lambda: sample_completions(model, inputs, g, n_new, [tokenizer.eos_token_id],
-                                                          tokenizer.pad_token_id, video_features=features))
+    rollout = phase("rollout", lambda: sample_completions(  # min_new_tokens: fixed length, comparable timings
+        model, inputs, g, n_new, [tokenizer.eos_token_id], tokenizer.pad_token_id, video_features=features,
+        engine="vcap" if engine else "hf", min_new_tokens=n_new))
     n = rollout.completion_ids.shape[0]
     adv = group_advantages(torch.rand(n), g).advantages.to(rollout.completion_ids.device)
     mask = rollout.completion_mask.float()

@@ -6,6 +6,8 @@ passes and the optimizer step are all inside it with TRL's default steps_per_gen
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 
 import numpy as np
@@ -45,7 +47,8 @@ def run_trl(model, tokenizer, args) -> dict:
         num_generations=args.num_generations, max_completion_length=args.completion_length, beta=0.04,
         learning_rate=1e-9, max_steps=args.warmup + args.steps, logging_steps=1, report_to=[], save_strategy="no",
         use_cpu=not torch.cuda.is_available(), bf16=args.dtype == "bf16", gradient_checkpointing=args.gradient_checkpointing,
-        generation_kwargs={"min_new_tokens": args.completion_length}, temperature=1.0, top_k=0, dataloader_num_workers=0)
+        generation_kwargs={"min_new_tokens": args.completion_length}, temperature=1.0, top_k=0, dataloader_num_workers=0,
+        disable_tqdm=True)
     if not hasattr(model, "disable_adapter"):  # TRL loads its reference copy from the policy's path
         path = f"{config.output_dir}/policy"
         model.save_pretrained(path)
@@ -55,7 +58,8 @@ def run_trl(model, tokenizer, args) -> dict:
     trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [float(len(str(c))) for c in completions],
                           args=config, train_dataset=Dataset.from_list(rows), processing_class=processor,
                           callbacks=[StepTimer()])
-    trainer.train()
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout carries only the JSON
+        trainer.train()
     measured = times[args.warmup:]
     return {"trl_version": trl.__version__, "image_side": side, "visual_tokens": (side // 28) ** 2,
             "step_seconds": round(float(np.mean(measured)), 3),
