@@ -265,6 +265,8 @@ def main():
     p.add_argument("--width", type=int, default=56)
     p.add_argument("--completion_length", type=int, default=64)
     p.add_argument("--micro_batch_size", type=int, default=None, help="default: num_generations")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); 1 avoids thread contention on a busy machine")
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (default: 1 on CUDA, 0 on CPU)")
     p.add_argument("--peer", choices=["trl"], default=None, help="also run TRL's GRPOTrainer (needs trl installed)")
@@ -283,6 +285,8 @@ def main():
         import importlib.util
         if importlib.util.find_spec("trl") is None:
             p.error("--peer trl needs TRL: pip install trl")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
     args.micro_batch_size = args.micro_batch_size or args.num_generations
     args.warmup = args.warmup if args.warmup is not None else int(torch.cuda.is_available())

@@ -55,7 +55,7 @@ def run(args) -> dict:
         stats["seconds"] = round(sum(stats["seconds"]) / len(stats["seconds"]), 3)
         stats["tokens_per_s"] = round(tokens / stats["seconds"], 1)
     report = {"shape": args.shape, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "dtype": args.dtype, "prompts": args.prompts, "num_generations": g,
+              "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "prompts": args.prompts, "num_generations": g,
               "visual_tokens": int(inputs["video_grid_thw"][0].prod()) // 4,
               "prompt_tokens": inputs["input_ids"].shape[1], "completion_tokens": n_new, **out}
     if "hf" in out and "vcap" in out:
@@ -78,6 +78,8 @@ def main():
     p.add_argument("--height", type=int, default=56)
     p.add_argument("--width", type=int, default=56)
     p.add_argument("--completion_length", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); 1 avoids thread contention on a busy machine")
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--warmup", type=int, default=None, help="default: 1 on CUDA, 0 on CPU")
     p.add_argument("--bandwidth_gbs", type=float, default=3350.0, help="device memory bandwidth for the roofline")
@@ -87,6 +89,8 @@ def main():
             p.error("--visual_tokens must be a multiple of 64 (one 224x224 frame pair)")
         args.height = args.width = 224
         args.frames = 2 * args.visual_tokens // 64
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
     args.warmup = args.warmup if args.warmup is not None else int(torch.cuda.is_available())
     print(json.dumps(run(args)))
