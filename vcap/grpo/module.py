@@ -44,7 +44,8 @@ class GRPOModule(CaptionPolicyModule):
                  epsilon_high: float | None = None, loss_type: str = "grpo", scale_rewards: str = "group",
                  max_completion_length: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
                  num_iterations: int = 1, micro_batch_size: int = 8, max_grad_norm: float = 1.0,
-                 log_completions_every: int = 50, shared_prefix: bool = True, rollout_engine: str = "vcap", **kwargs):
+                 log_completions_every: int = 50, shared_prefix: bool = True, rollout_engine: str = "vcap",
+                 **kwargs):
         super().__init__(**kwargs)
         get_loss_aggregation(loss_type)  # fail at config time on a bad name
         if rollout_engine not in ROLLOUT_ENGINES:
