@@ -137,3 +137,31 @@ def test_bad_settings_fail_at_construction(tiny_path):
         make_module(tiny_path, num_generations=1)
     with pytest.raises(ValueError, match="QLoRA|PEFT"):
         load_policy(str(tiny_path), load_in_4bit=True)
+
+
+@pytest.mark.parametrize("peft", [None, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False)])
+def test_shared_prefix_step_equals_repeated_step(tmp_path, tiny_path, shapes_manifest, peft):
+    """The whole step (rollout, old and reference passes, mu=2 updates) moves the weights the same either way.
+
+    Plain SGD: Adam's first step is lr * sign(g), which would turn float noise on a near-zero gradient into 2 lr.
+    """
+    def step(shared_prefix):
+        torch.manual_seed(0)
+        module = make_module(tiny_path, shared_prefix=shared_prefix, num_iterations=2, micro_batch_size=3, peft=peft,
+                             max_grad_norm=0.0)
+        module.configure_model()
+
+        def sgd():
+            opt = torch.optim.SGD([p for p in module.model.parameters() if p.requires_grad], lr=1.0)
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)}
+        module.configure_optimizers = sgd
+        before = snapshot(module)
+        make_trainer(tmp_path, 1, enable_checkpointing=False).fit(module, datamodule=make_data(tiny_path, shapes_manifest))
+        return {n: (p.detach() - before[n], before[n]) for n, p in module.model.named_parameters() if p.requires_grad}
+
+    shared, repeated = step(True), step(False)
+    assert any(d.abs().max() > 0 for d, _ in repeated.values())
+    for name, (delta, weight) in repeated.items():
+        err, scale = (shared[name][0] - delta).abs().max(), delta.abs().max()
+        rounding = 2 * torch.finfo(torch.float32).eps * weight.abs().max()  # the weights' own fp32 resolution
+        assert err <= 1e-5 * scale + rounding, f"{name}: {err:.3g} vs {scale:.3g}"

@@ -10,8 +10,10 @@ from typing import Literal
 import torch
 
 from vcap.grpo.losses import get_loss_aggregation, group_advantages, grpo_loss
-from vcap.grpo.rollout import Rollout, chunked_logprobs, sample_completions, select, token_logprobs
+from vcap.grpo.prefix import check_shared_prefix_support
+from vcap.grpo.rollout import ROLLOUT_ENGINES, Rollout, chunked_logprobs, sample_completions, sequence_logprobs
 from vcap.grpo.stats import mean_over_iterations, truncated
+from vcap.grpo.vision import encode_videos
 from vcap.policy import CaptionPolicyModule
 from vcap.rewards import RewardOutput, parse_completion
 
@@ -35,6 +37,11 @@ class GRPOModule(CaptionPolicyModule):
         micro_batch_size: sequences per forward/backward pass (gradients accumulate over the rollout).
         max_grad_norm: gradient clipping (0 disables).
         log_completions_every: write sample completions every N rollouts to ``samples.jsonl`` (0 disables).
+        shared_prefix: log-prob passes run each prompt once per micro-batch, its completions attending to it
+            (exact; sdpa/eager); false repeats the prompt per completion. A micro_batch_size that is a multiple
+            of num_generations runs each prompt exactly once per pass.
+        rollout_engine: 'vcap' prefills each prompt once and decodes its G completions from a shared cache;
+            'hf' is one ``generate(num_return_sequences=G)`` call.
     """
 
     def __init__(self, num_generations: int = 8, beta: float = 0.04, epsilon: float = 0.2,
@@ -42,9 +49,13 @@ class GRPOModule(CaptionPolicyModule):
                  scale_rewards: Literal["group", "none"] = "group",
                  max_completion_length: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
                  num_iterations: int = 1, micro_batch_size: int = 8, max_grad_norm: float = 1.0,
-                 log_completions_every: int = 50, **kwargs):
+                 log_completions_every: int = 50, shared_prefix: bool = True,
+                 rollout_engine: Literal["vcap", "hf"] = "vcap",
+                 **kwargs):
         super().__init__(**kwargs)
         get_loss_aggregation(loss_type)  # fail at config time on a bad name
+        if rollout_engine not in ROLLOUT_ENGINES:
+            raise ValueError(f"unknown rollout_engine {rollout_engine!r}; valid: {list(ROLLOUT_ENGINES)}")
         if num_generations < 2:
             raise ValueError("num_generations must be >= 2: GRPO compares completions within a group")
         if num_iterations < 1 or micro_batch_size < 1:
@@ -54,6 +65,8 @@ class GRPOModule(CaptionPolicyModule):
 
     def configure_model(self) -> None:
         super().configure_model()
+        if self.hparams.shared_prefix:
+            check_shared_prefix_support(self.model)
         if self.hparams.beta != 0 and self.hparams.peft is None and self.ref_model is None:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
@@ -63,8 +76,10 @@ class GRPOModule(CaptionPolicyModule):
         if batch["inputs"] is None:
             return self.step_without_data()
         hp = self.hparams
+        videos = encode_videos(self.model, batch["inputs"])  # once per step; None when the tower trains
         rollout = sample_completions(self.model, batch["inputs"], hp.num_generations, hp.max_completion_length,
-                                     self.eos_token_ids, self.tokenizer.pad_token_id, hp.temperature, hp.top_p)
+                                     self.eos_token_ids, self.tokenizer.pad_token_id, hp.temperature, hp.top_p,
+                                     video_features=videos, engine=hp.rollout_engine)
         texts = self.clean(self.decode(rollout.completion_ids))
         records = [r for r in batch["records"] for _ in range(hp.num_generations)]
         rewards = self.reward_set([parse_completion(t) for t in texts], records)
@@ -80,14 +95,15 @@ class GRPOModule(CaptionPolicyModule):
     def fixed_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Old-policy log-probs (only needed when μ > 1) and reference log-probs (only when beta != 0)."""
         hp = self.hparams
-        old = chunked_logprobs(self.model, rollout, hp.micro_batch_size, hp.temperature) if hp.num_iterations > 1 else None
+        args = (rollout, hp.micro_batch_size, hp.temperature, hp.shared_prefix)
+        old = chunked_logprobs(self.model, *args) if hp.num_iterations > 1 else None
         ref = None
         if hp.beta != 0:
-            if self.ref_model is not None:
-                ref = chunked_logprobs(self.ref_model, rollout, hp.micro_batch_size, hp.temperature)
+            if self.ref_model is not None:  # shares the frozen tower, hence the rollout's video features
+                ref = chunked_logprobs(self.ref_model, *args)
             else:  # PEFT: the base model is the policy with adapters off
                 with self.model.disable_adapter():
-                    ref = chunked_logprobs(self.model, rollout, hp.micro_batch_size, hp.temperature)
+                    ref = chunked_logprobs(self.model, *args)
         return old, ref
 
     def policy_update(self, rollout: Rollout, advantages: torch.Tensor, old_logp: torch.Tensor | None,
@@ -103,9 +119,8 @@ class GRPOModule(CaptionPolicyModule):
         opt.zero_grad()
         for start in range(0, n, mb):
             stop = min(start + mb, n)
-            ids, m = rollout.completion_ids[start:stop], mask[start:stop]
-            logp = token_logprobs(self.model, select(rollout.inputs, start, stop), ids, rollout.completion_mask[start:stop],
-                                  hp.temperature)
+            m = mask[start:stop]
+            logp = sequence_logprobs(self.model, rollout, start, stop, hp.temperature, hp.shared_prefix)
             old = logp.detach() if old_logp is None else old_logp[start:stop]
             ref = None if ref_logp is None else ref_logp[start:stop]
             loss, part = grpo_loss(logp, old, ref, advantages[start:stop], m, loss_type=hp.loss_type, beta=hp.beta,

@@ -5,20 +5,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from vcap.distributed import full_parameters_for_generation
+from vcap.grpo.decode import prefill_once_generate
+from vcap.grpo.logprobs import selected_logprobs
+from vcap.grpo.prefix import shared_prefix_logprobs
+from vcap.grpo.vision import select_features
 
 PER_SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 PER_VIDEO_KEYS = ("video_grid_thw", "second_per_grid_ts")  # one row per video (Qwen2.5-VL adds the second)
+ROLLOUT_ENGINES = ("hf", "vcap")
 
 
 @dataclass
 class Rollout:
-    inputs: dict[str, torch.Tensor]  # prompts repeated G times, group by group
-    completion_ids: torch.Tensor  # (N, C)
+    prompts: dict[str, torch.Tensor]  # the prompt batch, once per prompt
+    num_generations: int
+    completion_ids: torch.Tensor  # (N, C), N = prompts x G, group by group
     completion_mask: torch.Tensor  # (N, C): 1 up to and including the first EOS
+    video_features: object = None  # the prompts' encoded videos when the tower is frozen (vcap.grpo.vision)
+
+    @cached_property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """Prompts repeated G times, group by group: the repeated (slow, reference) layout."""
+        return repeat_inputs(self.prompts, self.num_generations)
 
 
 def video_rows(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -65,14 +78,39 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> t
 @torch.no_grad()
 def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
                        eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                       do_sample: bool = True, **generate_kwargs) -> Rollout:
-    """One batched ``generate`` call for all prompts x G; returns the rollout with repeated inputs."""
+                       do_sample: bool = True, video_features=None, engine: str = "hf", **generate_kwargs) -> Rollout:
+    """All prompts x G completions in one batch; ``video_features`` replace the pixels when given.
+
+    ``engine``: 'hf' is one ``generate(num_return_sequences=G)`` call; 'vcap' prefills each prompt once and decodes
+    the G copies from its expanded cache (``vcap.grpo.decode``; extra options: ``min_new_tokens`` only).
+    """
+    if engine not in ROLLOUT_ENGINES:
+        raise ValueError(f"unknown rollout engine {engine!r}; valid: {list(ROLLOUT_ENGINES)}")
+    if engine == "vcap":
+        unsupported = sorted(set(generate_kwargs) - {"min_new_tokens"})
+        if unsupported:
+            raise ValueError(f"rollout engine 'vcap' does not support {unsupported}; use engine 'hf' for them")
+        was_training = model.training
+        model.eval()
+        try:
+            with full_parameters_for_generation(model):
+                completion_ids = prefill_once_generate(
+                    model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id, temperature, top_p,
+                    do_sample, video_features, vision_token_ids(model), generate_kwargs.get("min_new_tokens", 0))
+        finally:
+            model.train(was_training)
+        return Rollout(inputs, num_generations, completion_ids, completion_mask(completion_ids, eos_token_ids),
+                       video_features)
     was_training = model.training
     model.eval()
+    prompt_inputs = dict(inputs)
+    if video_features is not None:  # generate expands (and mutates) the features object: hand it a fresh one
+        prompt_inputs.pop("pixel_values_videos", None)
+        prompt_inputs["mm_encoder_outputs"] = {"video": select_features(video_features, range(len(inputs["input_ids"])))}
     try:
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(do_sample=False)
         with full_parameters_for_generation(model):
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
+            out = model.generate(**prompt_inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
                                  eos_token_id=eos_token_ids, pad_token_id=pad_token_id, use_cache=True,
                                  suppress_tokens=vision_token_ids(model) or None, **sampling, **generate_kwargs)
     finally:
@@ -80,31 +118,47 @@ def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: 
     completion_ids = out[:, inputs["input_ids"].shape[1]:]
     mask = completion_mask(completion_ids, eos_token_ids)
     completion_ids = completion_ids.masked_fill(mask == 0, pad_token_id)
-    return Rollout(repeat_inputs(inputs, num_generations), completion_ids, mask)
+    return Rollout(inputs, num_generations, completion_ids, mask, video_features)
 
 
 def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,
-                   mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """(N, C) log-probabilities of ``completion_ids`` after the prompts; only completion logits are computed."""
+                   mask: torch.Tensor, temperature: float = 1.0, video_features=None) -> torch.Tensor:
+    """(N, C) log-probabilities of ``completion_ids`` after the prompts (one row each); only completion logits
+    are computed. ``video_features`` (one entry per row) replace the pixels when given."""
     n_completion = completion_ids.shape[1]
     full = {
-        **inputs,
+        **{k: v for k, v in inputs.items() if video_features is None or k != "pixel_values_videos"},
         "input_ids": torch.cat([inputs["input_ids"], completion_ids], dim=1),
         "attention_mask": torch.cat([inputs["attention_mask"], mask.to(inputs["attention_mask"].dtype)], dim=1),
     }
     if "mm_token_type_ids" in inputs:  # transformers 5 needs it with video inputs; completions are text (0)
         full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
-    logits = model(**full, use_cache=False, logits_to_keep=n_completion + 1).logits[:, :-1]
-    logits = logits.float() / temperature
-    return torch.gather(logits.log_softmax(dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+    if video_features is not None:
+        full["mm_encoder_outputs"] = {"video": video_features}
+    logits = model(**full, use_cache=False, logits_to_keep=n_completion + 1).logits
+    positions = torch.arange(n_completion, device=logits.device)  # logit t predicts completion token t
+    return selected_logprobs(logits, positions, completion_ids, temperature)
 
 
-def chunked_logprobs(model, rollout: Rollout, micro_batch_size: int, temperature: float = 1.0) -> torch.Tensor:
-    """``token_logprobs`` over the rollout in micro-batches (call under no_grad for old/ref passes)."""
+def sequence_logprobs(model, rollout: Rollout, start: int, stop: int, temperature: float = 1.0,
+                      shared_prefix: bool = True) -> torch.Tensor:
+    """(stop - start, C) log-probs of completions [start, stop): each prompt once (``shared_prefix``) or the
+    repeated layout, one prompt copy per completion (the slow twin)."""
+    ids, mask = rollout.completion_ids, rollout.completion_mask
+    if shared_prefix:
+        return shared_prefix_logprobs(model, rollout.prompts, ids, mask, rollout.num_generations, start, stop,
+                                      temperature, rollout.video_features)
+    features = None
+    if rollout.video_features is not None:
+        g = rollout.num_generations
+        features = select_features(rollout.video_features, [i // g for i in range(start, stop)])
+    return token_logprobs(model, select(rollout.inputs, start, stop), ids[start:stop], mask[start:stop], temperature,
+                          features)
+
+
+def chunked_logprobs(model, rollout: Rollout, micro_batch_size: int, temperature: float = 1.0,
+                     shared_prefix: bool = True) -> torch.Tensor:
+    """``sequence_logprobs`` over the rollout in micro-batches (call under no_grad for old/ref passes)."""
     n = rollout.completion_ids.shape[0]
-    parts = []
-    for start in range(0, n, micro_batch_size):
-        stop = min(start + micro_batch_size, n)
-        parts.append(token_logprobs(model, select(rollout.inputs, start, stop), rollout.completion_ids[start:stop],
-                                    rollout.completion_mask[start:stop], temperature))
-    return torch.cat(parts)
+    return torch.cat([sequence_logprobs(model, rollout, start, min(start + micro_batch_size, n), temperature,
+                                        shared_prefix) for start in range(0, n, micro_batch_size)])

@@ -1,0 +1,108 @@
+"""``engine: vcap`` rollouts (prefill once, expanded static cache) against HF ``generate`` and a no-cache sampler.
+
+The SFT'd tiny model writes varied text (a random one repeats one token), so a wrong position, mask or cache row
+changes the tokens.
+"""
+import pytest
+import torch
+
+from tests.video_batches import prompt_batch
+from vcap.grpo.decode import next_token_scores, prefill_once_generate, sample_tokens
+from vcap.grpo.rollout import completion_mask, sample_completions, vision_token_ids
+from vcap.grpo.vision import encode_videos
+from vcap.model.loading import load_policy, load_processor
+
+SFT = "vcap-tiny-sft"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    processor = load_processor(SFT)
+    model = load_policy(SFT).eval()
+    return model, processor.tokenizer, prompt_batch(processor)
+
+
+@pytest.mark.parametrize("with_features", [True, False])
+def test_greedy_equals_hf_generate_token_for_token(setup, with_features):
+    model, tok, prompts = setup
+    hf = sample_completions(model, prompts, 1, 40, [tok.eos_token_id], tok.pad_token_id, do_sample=False)
+    features = encode_videos(model, prompts) if with_features else None
+    ours = sample_completions(model, prompts, 1, 40, [tok.eos_token_id], tok.pad_token_id, do_sample=False,
+                              video_features=features, engine="vcap")
+    assert len(set(map(tuple, hf.completion_ids.tolist()))) > 1  # the prompts really lead to different text
+    assert torch.equal(ours.completion_ids, hf.completion_ids)
+    assert torch.equal(ours.completion_mask, hf.completion_mask)
+
+
+def reference_sampler(model, prompts, num_generations, max_new_tokens, eos, pad, temperature, top_p, min_new_tokens,
+                      generator):
+    """No cache, no shared prefill: the whole repeated sequence through the model for every new token."""
+    g = num_generations
+    ids = prompts["input_ids"].repeat_interleave(g, 0)
+    mask = prompts["attention_mask"].repeat_interleave(g, 0)
+    types = prompts["mm_token_type_ids"].repeat_interleave(g, 0)
+    rows = prompts["video_grid_thw"].prod(-1).tolist()
+    pixels = torch.cat([c for c in prompts["pixel_values_videos"].split(rows) for _ in range(g)])
+    grid = prompts["video_grid_thw"].repeat_interleave(g, 0)
+    finished = torch.zeros(len(ids), dtype=torch.bool)
+    out = []
+    for step in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=types, pixel_values_videos=pixels,
+                           video_grid_thw=grid, use_cache=False, logits_to_keep=1).logits[:, -1]
+        scores = next_token_scores(logits, step, eos, vision_token_ids(model), min_new_tokens)
+        token = sample_tokens(scores, temperature, top_p, True, generator).masked_fill(finished, pad)
+        out.append(token)
+        finished |= torch.isin(token, torch.tensor(eos))
+        if finished.all():
+            break
+        ids = torch.cat([ids, token[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        types = torch.cat([types, torch.zeros_like(types[:, :1])], 1)
+    return torch.stack(out, 1)
+
+
+def test_seeded_sampling_equals_a_no_cache_reference_sampler(setup):
+    model, tok, prompts = setup
+    args = (model, prompts, 2, 12, [tok.eos_token_id], tok.pad_token_id)
+    expected = reference_sampler(*args, 0.7, 0.9, 3, torch.Generator().manual_seed(5))
+    features = encode_videos(model, prompts)
+    ours = prefill_once_generate(*args, temperature=0.7, top_p=0.9, video_features=features,
+                                 suppress_tokens=vision_token_ids(model), min_new_tokens=3,
+                                 generator=torch.Generator().manual_seed(5))
+    assert torch.equal(ours, expected)
+    assert len(set(map(tuple, ours.view(3, 2, -1)[0].tolist()))) == 2  # the two copies of a prompt differ
+
+
+def test_eos_masking_early_stop_min_length_and_budget(setup):
+    model, tok, prompts = setup
+    first = sample_completions(model, prompts, 1, 2, [tok.eos_token_id], tok.pad_token_id, do_sample=False,
+                               engine="vcap").completion_ids[:, 0]
+    assert first.unique().numel() == 1  # every prompt starts its answer with the same token: make it the EOS
+    eos = [int(first[0])]
+    stopped = sample_completions(model, prompts, 2, 10, eos, tok.pad_token_id, do_sample=False, engine="vcap")
+    assert stopped.completion_ids.shape[1] == 1 and stopped.completion_mask.sum() == 6  # all ended at once
+    held = sample_completions(model, prompts, 2, 10, eos, tok.pad_token_id, do_sample=False, engine="vcap",
+                              min_new_tokens=4)
+    ids, mask = held.completion_ids, held.completion_mask
+    assert ids.shape[1] <= 10 and not torch.isin(ids[:, :4], torch.tensor(eos)).any()
+    assert torch.equal(mask, completion_mask(ids, eos))
+    assert (ids[mask == 0] == tok.pad_token_id).all()
+    vision = torch.tensor(vision_token_ids(model))
+    assert not torch.isin(ids, vision).any()
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    scores = torch.tensor([[0.5, 0.3, 0.2]]).log().repeat(400, 1)
+    drawn = sample_tokens(scores, top_p=0.6, generator=torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {0, 1}  # 0.5 alone is short of 0.6; 0.5 + 0.3 reaches it
+    assert sample_tokens(scores[:1], do_sample=False).item() == 0
+
+
+def test_unknown_engine_and_unsupported_options_are_clear_errors(setup):
+    model, tok, prompts = setup
+    with pytest.raises(ValueError, match="valid"):
+        sample_completions(model, prompts, 2, 4, [tok.eos_token_id], tok.pad_token_id, engine="fast")
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        sample_completions(model, prompts, 2, 4, [tok.eos_token_id], tok.pad_token_id, engine="vcap",
+                           repetition_penalty=1.2)
