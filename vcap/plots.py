@@ -58,9 +58,9 @@ class TrainingCurves(L.Callback):
             self.val.append((trainer.global_step, metrics))
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename  # log_dir syncs ranks: all ask
         if not trainer.is_global_zero or not (self.train or self.val):
             return
-        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         self.write(path)
         log.info("training curves written to %s", path)
 
