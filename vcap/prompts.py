@@ -10,9 +10,6 @@ DEFAULT_PROMPT = (
     "Then, inside <answer></answer>, write one fluent paragraph that describes the video."
 )
 
-# The embedded demo's short prompt (configs/demo*): on 2 CPU cores every prompt token is paid G times per pass.
-SHAPES_PROMPT = "List the shapes as JSON in <think></think>, then caption the video in <answer></answer>."
-
 PLAIN_PROMPT = "Describe the video in detail."
 
 

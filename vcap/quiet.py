@@ -22,6 +22,8 @@ NOISE: tuple[str, ...] = (
 
 # Python warnings: (message regex, why it is harmless).
 NOISY_WARNINGS: tuple[tuple[str, str], ...] = (
+    (r".*Using ModelCheckpoint with manual optimization", "GRPO steps its optimizer itself; checkpoints after the "
+     "step are what resuming needs"),
     (r".*LeafSpec", "Lightning's own pytree helper uses an API torch deprecated; nothing for the user to do"),
     (r".*`max_length` is ignored when `padding`=`True`", "the Qwen2-VL processor passes max_length for every batch"),
     (r".*module\(s\) in eval mode at the start of training", "the frozen reference model is in eval mode on purpose"),

@@ -13,7 +13,7 @@ import torch
 from filelock import FileLock
 
 from vcap.data.synthetic import vocabulary_corpus
-from vcap.prompts import DEFAULT_PROMPT, SHAPES_PROMPT, SYSTEM_PROMPT
+from vcap.prompts import DEFAULT_PROMPT, SYSTEM_PROMPT
 
 TINY_NAME = "vcap-tiny"
 DEMO_NAME = "vcap-demo"
@@ -48,7 +48,7 @@ def build_tokenizer(vocab_size: int = 600):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    corpus = vocabulary_corpus() + [DEFAULT_PROMPT, SYSTEM_PROMPT, SHAPES_PROMPT, "system user assistant"]
+    corpus = vocabulary_corpus() + [DEFAULT_PROMPT, SYSTEM_PROMPT, "system user assistant"]
     tok.train_from_iterator(corpus * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
