@@ -1,7 +1,8 @@
 """vcap: GRPO post-training and evaluation of video captioning LLMs (VideoCap-R1 recipe) on Lightning.
 
 Subcommands: fit (train), validate (evaluate; --bench NAME for a packaged benchmark), test (same as validate),
-predict (caption videos), annotate (fill a manifest's events/structure with a judge).
+predict (caption videos), annotate (fill a manifest's events/structure with a judge), compare (warm start vs
+SFT-continued vs GRPO on the demo).
 `--bench NAME` stands for `--config <vcap>/benches/NAME.yaml` (dream1k, vdc, carebench, shapes); later arguments
 override it. `--limit N` evaluates the first N validation samples. Mistakes print one line; `--debug` (or
 VCAP_DEBUG=1) shows tracebacks and every third-party message.
@@ -26,6 +27,7 @@ from vcap.quiet import setup_logging
 BENCH_DIR = Path(__file__).resolve().parent / "benches"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 ANNOTATE_HELP = "Fill missing events/structure of a manifest from its captions with a judge (vcap annotate --help)."
+COMPARE_HELP = "Warm start vs time-matched SFT-continued vs GRPO on the same held-out videos (vcap compare --help)."
 # Options people reach for that vcap configures elsewhere: the hint says where.
 OPTION_HINTS = {
     "--optimizer": "vcap's optimizer is AdamW with linear warm-up: set --model.init_args.learning_rate, "
@@ -118,12 +120,13 @@ class VcapCLI(LightningCLI):
         parser.link_arguments("model.init_args.name_or_path", "data.init_args.processor")
 
     def _add_subcommands(self, parser, **kwargs: Any) -> None:
-        """Lightning's subcommands plus ``annotate``, so ``vcap --help`` lists it (``main`` dispatches it)."""
+        """Lightning's subcommands plus ``annotate`` and ``compare``, so ``vcap --help`` lists them (``run`` dispatches
+        them)."""
         from jsonargparse import ArgumentParser
 
         super()._add_subcommands(parser, **kwargs)
-        parser._subcommands_action.add_subcommand("annotate", ArgumentParser(description=ANNOTATE_HELP),
-                                                  help=ANNOTATE_HELP)
+        for name, text in (("annotate", ANNOTATE_HELP), ("compare", COMPARE_HELP)):
+            parser._subcommands_action.add_subcommand(name, ArgumentParser(description=text), help=text)
 
     def parse_arguments(self, parser, args) -> None:
         from jsonargparse import ArgumentError
