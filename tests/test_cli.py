@@ -197,7 +197,7 @@ def test_bad_options_are_one_line(user_error_in_process, args, expected):
 
 
 @pytest.mark.parametrize("args, expected", [
-    ([], 'expected "subcommand" to be one of {fit,validate,test,predict,annotate}'),
+    ([], 'expected "subcommand" to be one of {fit,validate,test,predict,annotate'),
     (["fit"], "missing --data and --model: start from a recipe, e.g. --config configs/demo.yaml"),
     (["predict", "--config", ROOT / "vcap/benches/shapes.yaml"], "vcap predict needs --data.init_args.predict_videos"),
     (["validate", "--bench"], "--bench needs a value; valid: carebench, dream1k, shapes, vdc"),

@@ -71,7 +71,8 @@ def test_seeded_sampling_equals_a_no_cache_reference_sampler(setup):
                                  suppress_tokens=vision_token_ids(model), min_new_tokens=3,
                                  generator=torch.Generator().manual_seed(5))
     assert torch.equal(ours, expected)
-    assert len(set(map(tuple, ours.view(3, 2, -1)[0].tolist()))) == 2  # the two copies of a prompt differ
+    # the copies of a prompt are independent samples, not one sample repeated
+    assert any(len(set(map(tuple, group.tolist()))) == 2 for group in ours.view(3, 2, -1))
 
 
 def test_eos_masking_early_stop_min_length_and_budget(setup):
