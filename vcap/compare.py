@@ -43,6 +43,7 @@ class TrainClock(L.Callback):
 
 def _fit(config: str, seed: int, output: Path, name: str, clock: TrainClock) -> tuple[dict, dict]:
     """Fit one recipe in-process; returns (metrics before training or {}, metrics after) on its val set."""
+    from vcap.callbacks import ValidationReport
     from vcap.cli import VcapCLI, VcapTrainer
     from vcap.data.datamodule import CaptionDataModule
     from vcap.policy import CaptionPolicyModule
@@ -54,7 +55,7 @@ def _fit(config: str, seed: int, output: Path, name: str, clock: TrainClock) -> 
     trainer = cli.trainer
     trainer.callbacks.append(clock)
     trainer.fit(cli.model, datamodule=cli.datamodule)
-    report = next(c for c in trainer.callbacks if type(c).__name__ == "ValidationReport")
+    report = next(c for c in trainer.callbacks if isinstance(c, ValidationReport))
     before = next((r["metrics"] for r in report.runs if r["label"] == "start"), {})
     last = report.runs[-1] if report.runs else None
     if last is None or last["global_step"] != trainer.global_step:  # stopped between validations
@@ -128,18 +129,19 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/demo/sft_continue.yaml",
-            seeds: list[int] = [0], output: str = "runs/demo-compare") -> dict:
+            seeds: list[int] | None = None, output: str = "runs/demo-compare") -> dict:
     """Run the comparison and print the table.
 
     Args:
         grpo_config: the GRPO recipe (must validate before fit, so the warm start is scored).
         sft_config: the SFT recipe continuing from the same warm start on the same training videos.
-        seeds: one full comparison per seed; several seeds give mean ± std.
+        seeds: one full comparison per seed (default [0]); several seeds give mean ± std.
         output: folder for the runs, compare.json and compare.png.
     """
     for flag, path in (("--grpo_config", grpo_config), ("--sft_config", sft_config)):
         if not Path(path).is_file():
             raise SystemExit(f"{flag}: no such config file {path!r}")
+    seeds = [0] if seeds is None else seeds
     out = Path(output)
     per_seed = []
     for seed in seeds:
