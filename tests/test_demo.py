@@ -3,6 +3,7 @@
 import json
 import random
 import struct
+import time
 
 import pytest
 import torch
@@ -74,14 +75,35 @@ def test_training_curves_png(tmp_path):
     assert width > 800 and height > 300
 
 
-def test_train_clock_stops_fit_when_the_budget_is_spent():
-    class FakeTrainer:
-        should_stop = False
+class FakeTrainer:
+    should_stop = False
 
-    clock, trainer = TrainClock(budget_seconds=0.0), FakeTrainer()
+
+@pytest.mark.parametrize("kind", ["wall", "cpu"])
+def test_train_clock_stops_fit_when_the_budget_is_spent(kind):
+    clock, trainer = TrainClock(budget_seconds=0.02, clock=kind), FakeTrainer()
     clock.on_train_batch_start(trainer, None, None, 0)
     clock.on_train_batch_end(trainer, None, None, None, 0)
-    assert trainer.should_stop and clock.steps == 1 and clock.seconds > 0
+    assert not trainer.should_stop and clock.steps == 1  # nothing measurable happened inside the step
+    clock.on_train_batch_start(trainer, None, None, 1)
+    cpu_deadline = time.process_time() + 0.03
+    while time.process_time() < cpu_deadline:  # busy, so both the wall and the CPU clock advance
+        sum(range(1000))
+    clock.on_train_batch_end(trainer, None, None, None, 1)
+    assert trainer.should_stop and clock.steps == 2 and clock.seconds[kind] >= 0.02
+
+
+def test_train_clock_cpu_budget_ignores_time_spent_waiting():
+    clock, trainer = TrainClock(budget_seconds=0.05, clock="cpu"), FakeTrainer()
+    clock.on_train_batch_start(trainer, None, None, 0)
+    time.sleep(0.1)  # another program holding the cores looks like this to us: wall time passes, CPU time does not
+    clock.on_train_batch_end(trainer, None, None, None, 0)
+    assert clock.seconds["wall"] >= 0.1 and clock.seconds["cpu"] < 0.05 and not trainer.should_stop
+
+
+def test_train_clock_rejects_an_unknown_clock():
+    with pytest.raises(ValueError, match="valid: \\['wall', 'cpu'\\]"):
+        TrainClock(clock="gpu")
 
 
 def test_summarize_mean_and_std_by_hand():
@@ -123,7 +145,7 @@ def test_compare_end_to_end_on_the_tiny_model(tmp_path):
     for name, config in (("grpo.yaml", grpo), ("sft.yaml", sft)):
         (tmp_path / name).write_text(yaml.safe_dump(config))
     out = vcap("compare", "--grpo_config", "grpo.yaml", "--sft_config", "sft.yaml", "--seeds", "[3]",
-               "--output", "cmp", cwd=tmp_path)
+               "--output", "cmp", "--clock", "cpu", cwd=tmp_path)
     assert "SFT-continued" in out.stdout and "GRPO" in out.stdout
     result = json.loads((tmp_path / "cmp/compare.json").read_text())
     run = result["per_seed"][0]
@@ -131,6 +153,7 @@ def test_compare_end_to_end_on_the_tiny_model(tmp_path):
     assert all("think_f1" in run[c] and "caption_event_f1" in run[c] for c in run)
     assert run["GRPO"]["train_steps"] == 2
     # SFT stops at the first step that brings its training time past GRPO's
-    assert run["SFT-continued"]["train_seconds"] >= run["GRPO"]["train_seconds"]
+    assert run["SFT-continued"]["train_cpu_seconds"] >= run["GRPO"]["train_cpu_seconds"]
+    assert result["clock"] == "cpu"
     assert (tmp_path / "cmp/compare.png").stat().st_size > 1000
     assert (tmp_path / "cmp/seed3/grpo/version_0/training_curves.png").exists()

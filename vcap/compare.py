@@ -13,31 +13,38 @@ import logging
 import statistics
 import time
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 
 log = logging.getLogger(__name__)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 COLUMNS = ("warm start", "SFT-continued", "GRPO")
 SHOWN = ("think_f1", "think_attribute_f1", "think_action_f1", "caption_event_f1", "caption_event_recall",
          "caption_event_precision", "reward")
 
 
 class TrainClock(L.Callback):
-    """Seconds spent inside training steps; with ``budget_seconds`` it stops fit once they are spent."""
+    """Wall and CPU seconds spent inside training steps; with ``budget_seconds`` it stops fit once the ``clock``
+    ('wall' or 'cpu', this process's CPU time over all its threads) has spent them."""
 
-    def __init__(self, budget_seconds: float | None = None):
+    def __init__(self, budget_seconds: float | None = None, clock: str = "wall"):
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown clock {clock!r}; valid: {list(CLOCKS)}")
         self.budget_seconds = budget_seconds
-        self.seconds = 0.0
+        self.clock = clock
+        self.seconds = {"wall": 0.0, "cpu": 0.0}
         self.steps = 0
-        self._start: float | None = None
+        self._start: dict[str, float] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
+        self._start = {name: read() for name, read in CLOCKS.items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.seconds += time.perf_counter() - self._start
+        for name, read in CLOCKS.items():
+            self.seconds[name] += read() - self._start[name]
         self.steps += 1
-        if self.budget_seconds is not None and self.seconds >= self.budget_seconds:
+        if self.budget_seconds is not None and self.seconds[self.clock] >= self.budget_seconds:
             trainer.should_stop = True
 
 
@@ -61,17 +68,19 @@ def _fit(config: str, seed: int, output: Path, name: str, clock: TrainClock) -> 
     if last is None or last["global_step"] != trainer.global_step:  # stopped between validations
         trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
         last = report.runs[-1]
-    return before, {**last["metrics"], "train_seconds": clock.seconds, "train_steps": clock.steps}
+    return before, {**last["metrics"], "train_seconds": clock.seconds["wall"], "train_cpu_seconds": clock.seconds["cpu"],
+                    "train_steps": clock.steps}
 
 
-def run_seed(grpo_config: str, sft_config: str, seed: int, output: Path) -> dict[str, dict]:
+def run_seed(grpo_config: str, sft_config: str, seed: int, output: Path, clock: str = "wall") -> dict[str, dict]:
     grpo_clock = TrainClock()
     warm, grpo = _fit(grpo_config, seed, output, f"seed{seed}/grpo", grpo_clock)
     if not warm:
         raise ValueError(f"{grpo_config} must set trainer.validate_before_fit: true, so the warm start is scored")
-    log.info("seed %d: GRPO spent %.1f s in %d training steps; SFT gets the same", seed, grpo_clock.seconds,
+    budget = grpo_clock.seconds[clock]
+    log.info("seed %d: GRPO spent %.1f %s seconds in %d training steps; SFT gets the same", seed, budget, clock,
              grpo_clock.steps)
-    _, sft = _fit(sft_config, seed, output, f"seed{seed}/sft", TrainClock(budget_seconds=grpo_clock.seconds))
+    _, sft = _fit(sft_config, seed, output, f"seed{seed}/sft", TrainClock(budget_seconds=budget, clock=clock))
     return {"warm start": warm, "SFT-continued": sft, "GRPO": grpo}
 
 
@@ -96,7 +105,7 @@ def print_table(summary: dict, seeds: list[int]) -> None:
     table.add_column("metric")
     for column in COLUMNS:
         table.add_column(column, justify="right")
-    keys = [k for k in SHOWN if all(k in summary[c] for c in COLUMNS)] + ["train_seconds", "train_steps"]
+    keys = [k for k in SHOWN if all(k in summary[c] for c in COLUMNS)] + ["train_seconds", "train_cpu_seconds", "train_steps"]
     for key in keys:
         cells = []
         for column in COLUMNS:
@@ -129,7 +138,8 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/demo/sft_continue.yaml",
-            seeds: list[int] | None = None, output: str = "runs/demo-compare") -> dict:
+            seeds: list[int] | None = None, output: str = "runs/demo-compare",
+            clock: Literal["wall", "cpu"] = "wall") -> dict:
     """Run the comparison and print the table.
 
     Args:
@@ -137,6 +147,8 @@ def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/d
         sft_config: the SFT recipe continuing from the same warm start on the same training videos.
         seeds: one full comparison per seed (default [0]); several seeds give mean ± std.
         output: folder for the runs, compare.json and compare.png.
+        clock: what "the same training time" means: 'wall' seconds, or 'cpu' seconds of this process (all its
+            threads), which stays fair when other programs load the machine during one of the two runs.
     """
     for flag, path in (("--grpo_config", grpo_config), ("--sft_config", sft_config)):
         if not Path(path).is_file():
@@ -145,10 +157,10 @@ def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/d
     out = Path(output)
     per_seed = []
     for seed in seeds:
-        per_seed.append(run_seed(grpo_config, sft_config, seed, out))
+        per_seed.append(run_seed(grpo_config, sft_config, seed, out, clock))
         summary = summarize(per_seed)  # written after every seed: finished seeds are never lost
         (out / "compare.json").write_text(json.dumps(
-            {"seeds": seeds[: len(per_seed)], "grpo_config": grpo_config, "sft_config": sft_config,
+            {"seeds": seeds[: len(per_seed)], "clock": clock, "grpo_config": grpo_config, "sft_config": sft_config,
              "per_seed": per_seed, "summary": summary}, indent=2))
     print_table(summary, seeds)
     plot(summary, out / "compare.png")
