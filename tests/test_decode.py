@@ -104,6 +104,15 @@ def test_unknown_engine_and_unsupported_options_are_clear_errors(setup):
     model, tok, prompts = setup
     with pytest.raises(ValueError, match="valid"):
         sample_completions(model, prompts, 2, 4, [tok.eos_token_id], tok.pad_token_id, engine="fast")
-    with pytest.raises(ValueError, match="repetition_penalty"):
-        sample_completions(model, prompts, 2, 4, [tok.eos_token_id], tok.pad_token_id, engine="vcap",
-                           repetition_penalty=1.2)
+    with pytest.raises(ValueError, match="top_k"):
+        sample_completions(model, prompts, 2, 4, [tok.eos_token_id], tok.pad_token_id, engine="vcap", top_k=5)
+
+
+def test_repetition_penalty_equals_hf_generate(setup):
+    model, tok, prompts = setup
+    args = (model, prompts, 1, 30, [tok.eos_token_id], tok.pad_token_id)
+    plain = sample_completions(*args, do_sample=False, engine="vcap")
+    hf = sample_completions(*args, do_sample=False, repetition_penalty=1.8)
+    ours = sample_completions(*args, do_sample=False, engine="vcap", repetition_penalty=1.8)
+    assert not torch.equal(plain.completion_ids[:, :hf.completion_ids.shape[1]], hf.completion_ids)  # it bites
+    assert torch.equal(ours.completion_ids, hf.completion_ids)

@@ -16,9 +16,16 @@ from vcap.grpo.vision import select_features
 
 
 def next_token_scores(logits: torch.Tensor, step: int, eos_token_ids: list[int], suppress_tokens: list[int] | None,
-                      min_new_tokens: int = 0) -> torch.Tensor:
-    """fp32 scores with suppressed tokens (and EOS before ``min_new_tokens``) at -inf."""
+                      min_new_tokens: int = 0, repetition_penalty: float = 1.0,
+                      history: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 scores with suppressed tokens (and EOS before ``min_new_tokens``) at -inf; with a
+    ``repetition_penalty`` != 1, the scores of every token in ``history`` (prompt and completion so far, padding
+    included, as HF) are divided by it when positive and multiplied by it when negative."""
     scores = logits.float()
+    if repetition_penalty != 1.0:
+        seen = scores.gather(1, history)
+        seen = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
+        scores = scores.scatter(1, history, seen)
     banned = list(suppress_tokens or []) + (list(eos_token_ids) if step < min_new_tokens else [])
     if banned:
         scores[:, banned] = float("-inf")
@@ -52,7 +59,8 @@ def expand_cache(cache: StaticCache, repeats: int) -> None:
 def prefill_once_generate(model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
                           eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
                           do_sample: bool = True, video_features=None, suppress_tokens: list[int] | None = None,
-                          min_new_tokens: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+                          min_new_tokens: int = 0, generator: torch.Generator | None = None,
+                          repetition_penalty: float = 1.0) -> torch.Tensor:
     """(B x G, T) completion ids, group by group, pad after each EOS; T <= max_new_tokens (stops when all end)."""
     batch, prompt_len = inputs["input_ids"].shape
     n = batch * num_generations
@@ -75,12 +83,16 @@ def prefill_once_generate(model, inputs: dict[str, torch.Tensor], num_generation
     eos = torch.tensor(eos_token_ids, device=device)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     tokens = []
+    history = inputs["input_ids"].repeat_interleave(num_generations, dim=0) if repetition_penalty != 1.0 else None
     for step in range(max_new_tokens):
-        scores = next_token_scores(logits, step, eos_token_ids, suppress_tokens, min_new_tokens)
+        scores = next_token_scores(logits, step, eos_token_ids, suppress_tokens, min_new_tokens, repetition_penalty,
+                                   history)
         token = sample_tokens(scores, temperature, top_p, do_sample, generator)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         finished |= torch.isin(token, eos)
+        if history is not None:
+            history = torch.cat([history, token.unsqueeze(1)], dim=1)
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
         attention[:, prompt_len + step] = 1
