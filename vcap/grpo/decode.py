@@ -55,17 +55,29 @@ def expand_cache(cache: StaticCache, repeats: int) -> None:
         layer.batch_size = layer.keys.shape[0]
 
 
+def forward_step(model, token: torch.Tensor, attention: torch.Tensor, position: torch.Tensor,
+                 cache: StaticCache) -> torch.Tensor:
+    """One decode step: the next-token logits of every sequence (the function ``engine: vcap`` compiles)."""
+    return model(input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=position, cache=cache,
+                 use_cache=True, logits_to_keep=1).logits[:, -1]
+
+
 @torch.no_grad()
 def prefill_once_generate(model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
                           eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
                           do_sample: bool = True, video_features=None, suppress_tokens: list[int] | None = None,
                           min_new_tokens: int = 0, generator: torch.Generator | None = None,
-                          repetition_penalty: float = 1.0) -> torch.Tensor:
-    """(B x G, T) completion ids, group by group, pad after each EOS; T <= max_new_tokens (stops when all end)."""
+                          repetition_penalty: float = 1.0, decode_step=forward_step,
+                          cache_len: int | None = None) -> torch.Tensor:
+    """(B x G, T) completion ids, group by group, pad after each EOS; T <= max_new_tokens (stops when all end).
+
+    ``decode_step`` runs each decode step (``forward_step`` or a compiled copy); ``cache_len`` (>= prompt +
+    budget) sizes the static cache and attention mask, so prompts of different lengths can share one shape."""
     batch, prompt_len = inputs["input_ids"].shape
     n = batch * num_generations
     device = inputs["input_ids"].device
-    cache = StaticCache(config=model.config, max_cache_len=prompt_len + max_new_tokens)
+    cache_len = max(cache_len or 0, prompt_len + max_new_tokens)
+    cache = StaticCache(config=model.config, max_cache_len=cache_len)
     positions = prompt_positions(model, inputs, 0, batch - 1)
     prefill = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], position_ids=positions)
     if video_features is not None:
@@ -78,7 +90,7 @@ def prefill_once_generate(model, inputs: dict[str, torch.Tensor], num_generation
 
     # every completion continues right after its prompt, on all three mrope axes
     next_pos = (positions[:, :, -1:] + 1).repeat_interleave(num_generations, dim=1)
-    attention = torch.zeros(n, prompt_len + max_new_tokens, dtype=torch.long, device=device)
+    attention = torch.zeros(n, cache_len, dtype=torch.long, device=device)  # unused columns stay masked
     attention[:, :prompt_len] = inputs["attention_mask"].repeat_interleave(num_generations, dim=0)
     eos = torch.tensor(eos_token_ids, device=device)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
@@ -96,6 +108,5 @@ def prefill_once_generate(model, inputs: dict[str, torch.Tensor], num_generation
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
         attention[:, prompt_len + step] = 1
-        logits = model(input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=next_pos + step,
-                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = decode_step(model, token, attention, next_pos + step, cache)
     return torch.stack(tokens, dim=1)

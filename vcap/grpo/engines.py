@@ -106,18 +106,81 @@ class VcapEngine(RolloutEngine):
 
     Args:
         sampling: extra options: ``min_new_tokens``, ``repetition_penalty`` (as HF ``generate``).
+        compile: compile the decode step with torch.compile (null: on CUDA only). Shapes are bucketed so a run
+            compiles once per bucket (the first rollout of each bucket is the warm-up), not once per step.
+        compile_mode: torch.compile mode; 'reduce-overhead' replays the step as a CUDA graph.
+        compile_backend: torch.compile backend ('inductor'; 'eager' / 'aot_eager' trace only, for tests).
+        length_bucket: the static cache (prompt + budget) is padded up to a multiple of this many tokens.
+        batch_buckets: the prompt count is padded up to the smallest of these (copies of the last prompt,
+            dropped afterwards); larger batches run as they are.
     """
 
     supported_sampling = frozenset({"min_new_tokens", "repetition_penalty"})
+
+    def __init__(self, sampling: dict[str, Any] | None = None, compile: bool | None = None,
+                 compile_mode: str | None = "reduce-overhead", compile_backend: str = "inductor",
+                 length_bucket: int = 256, batch_buckets: list[int] | None = None):
+        super().__init__(sampling)
+        if length_bucket < 1:
+            raise ValueError("length_bucket must be >= 1")
+        self.compile = compile
+        self.compile_mode = compile_mode
+        self.compile_backend = compile_backend
+        self.length_bucket = length_bucket
+        self.batch_buckets = sorted(batch_buckets or [1, 2, 4, 8, 16, 32, 64])
+        self._step = None
+
+    def __getstate__(self):  # a compiled function does not copy; it is rebuilt on first use
+        return {**self.__dict__, "_step": None}
+
+    def compiled(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.compile is None else self.compile
+
+    def decode_step(self):
+        from vcap.grpo.decode import forward_step
+
+        if self._step is None:
+            options = {"mode": self.compile_mode} if self.compile_backend == "inductor" else {}
+            compiled = torch.compile(forward_step, backend=self.compile_backend, dynamic=False, **options)
+            # a CUDA-graph replay reuses its output buffer: copy the logits out before the next step
+            self._step = lambda *args: compiled(*args).clone()
+        return self._step
 
     def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
                        temperature, top_p, do_sample, video_features, **context) -> torch.Tensor:
         from vcap.grpo.decode import prefill_once_generate
 
-        return prefill_once_generate(model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
-                                     temperature, top_p, do_sample, video_features, vision_token_ids(model),
-                                     self.sampling.get("min_new_tokens", 0),
-                                     repetition_penalty=self.sampling.get("repetition_penalty", 1.0))
+        options = dict(suppress_tokens=vision_token_ids(model),
+                       min_new_tokens=self.sampling.get("min_new_tokens", 0),
+                       repetition_penalty=self.sampling.get("repetition_penalty", 1.0))
+        batch, prompt_len = inputs["input_ids"].shape
+        if self.compiled(inputs["input_ids"].device):
+            size = next((b for b in self.batch_buckets if b >= batch), batch)
+            inputs, video_features = pad_prompts(inputs, video_features, size)
+            bucket = self.length_bucket
+            options.update(decode_step=self.decode_step(),
+                           cache_len=-(-(prompt_len + max_new_tokens) // bucket) * bucket)
+        ids = prefill_once_generate(model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
+                                    temperature, top_p, do_sample, video_features, **options)
+        return ids[:batch * num_generations]
+
+
+def pad_prompts(inputs: dict[str, torch.Tensor], video_features, size: int):
+    """The batch padded to ``size`` prompts with copies of its last prompt (video and features included)."""
+    from vcap.grpo.rollout import PER_SEQUENCE_KEYS, PER_VIDEO_KEYS, video_rows
+
+    extra = size - inputs["input_ids"].shape[0]
+    if extra <= 0:
+        return inputs, video_features
+    out = {k: torch.cat([v, v[-1:].expand(extra, *v.shape[1:])]) for k, v in inputs.items()
+           if k in PER_SEQUENCE_KEYS or k in PER_VIDEO_KEYS}
+    if "pixel_values_videos" in inputs:
+        last = inputs["pixel_values_videos"][-int(video_rows(inputs)[-1]):]
+        out["pixel_values_videos"] = torch.cat([inputs["pixel_values_videos"], *[last] * extra])
+    if video_features is not None:
+        features = tuple(video_features.pooler_output)
+        video_features = type(video_features)(pooler_output=features + features[-1:] * extra)
+    return out, video_features
 
 
 def build_engine(spec: RolloutEngine | str | dict, sampling: dict[str, Any] | None = None) -> RolloutEngine:
