@@ -33,6 +33,7 @@ SAMPLING_NAMES = {"min_new_tokens": "min_tokens", "repetition_penalty": "repetit
 
 
 def import_vllm():
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a calm log: vLLM's start-up INFO lines stay out
     try:
         import vllm
     except ImportError as err:
@@ -117,6 +118,9 @@ class VLLMEngine(RolloutEngine):
         if processor is None:
             raise ValueError("engine 'vllm' needs the processor (GRPOModule passes it)")
         vllm = import_vllm()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise ValueError("engine 'vllm' runs in a single process for now; with DDP/FSDP use rollout: vcap")
         if self.enable_sleep_mode and not torch.cuda.is_available():
             raise ValueError("engine 'vllm': enable_sleep_mode needs CUDA; set it to false on CPU")
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
