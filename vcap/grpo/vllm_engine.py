@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vcap.errors import UsageError
 from vcap.grpo.engines import ENGINES, RolloutEngine
 from vcap.grpo.rollout import vision_token_ids
 from vcap.grpo.vision import core_model
@@ -32,12 +33,16 @@ SAMPLING_NAMES = {"min_new_tokens": "min_tokens", "repetition_penalty": "repetit
                   "seed": "seed"}
 
 
+class VLLMMissingError(UsageError, ImportError):
+    """engine 'vllm' chosen where vLLM is not installed (the CLI prints it as one line)."""
+
+
 def import_vllm():
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a calm log: vLLM's start-up INFO lines stay out
     try:
         import vllm
     except ImportError as err:
-        raise ImportError(f"{INSTALL_HINT} ({err})") from None
+        raise VLLMMissingError(f"{INSTALL_HINT} ({err})") from None
     return vllm
 
 
