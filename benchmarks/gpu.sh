@@ -12,6 +12,6 @@ python grpo_step.py --shape qwen2-vl-2b --visual_tokens 512 --completion_length 
 python grpo_step.py --shape qwen2-vl-7b --lora --visual_tokens 512 --completion_length 256 --compare $peer
 python grpo_step.py --shape paper --gradient_checkpointing --compare
 for g in 8 64; do
-  python rollout.py --shape qwen2-vl-2b --visual_tokens 512 --completion_length 256 --num_generations $g --engines $engines
-  python rollout.py --shape qwen2-vl-7b --visual_tokens 512 --completion_length 256 --num_generations $g --engines $engines
+  python rollout.py --shape qwen2-vl-2b --visual_tokens 512 --completion_length 256 --num_generations $g --engines $engines --compile
+  python rollout.py --shape qwen2-vl-7b --visual_tokens 512 --completion_length 256 --num_generations $g --engines $engines --compile
 done

@@ -55,6 +55,8 @@ def run(args) -> dict:
     g, n_new = args.num_generations, args.completion_length
     tokens = args.prompts * g * n_new
     engines = {name: build_engine(name, {"min_new_tokens": n_new}) for name in args.engines}
+    if "vcap" in engines:
+        engines["vcap"].compile = args.compile
     if "vllm" in engines:  # started (and the weights pushed) before the timed rollouts
         engines["vllm"].gpu_memory_utilization = args.vllm_memory_utilization
         engines["vllm"].max_model_len = inputs["input_ids"].shape[1] + n_new + 16
@@ -76,8 +78,10 @@ def run(args) -> dict:
     for stats in out.values():
         stats["seconds"] = round(sum(stats["seconds"]) / len(stats["seconds"]), 3)
         stats["tokens_per_s"] = round(tokens / stats["seconds"], 1)
-    report = {"shape": args.shape, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "prompts": args.prompts, "num_generations": g,
+    report = {"shape": args.shape, "vcap_compiled": args.compile,
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "prompts": args.prompts,
+              "num_generations": g,
               "visual_tokens": int(inputs["video_grid_thw"][0].prod()) // 4,
               "prompt_tokens": inputs["input_ids"].shape[1], "completion_tokens": n_new, **out}
     for name in ("vcap", "vllm"):
@@ -96,6 +100,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--engines", nargs="+", choices=["hf", "vcap", "vllm"], default=["hf", "vcap"])
+    p.add_argument("--compile", action="store_true",
+                   help="engine vcap compiles its decode step (CUDA graphs on CUDA; the warm-up step compiles)")
     p.add_argument("--vllm_memory_utilization", type=float, default=0.3,
                    help="vLLM's share of GPU memory (on CPU: of the machine's memory)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")

@@ -84,8 +84,8 @@ def test_prompts_drop_left_padding_and_carry_each_video_s_features(tiny_path):
         assert torch.equal(data["video_grid_thw"], prompts["video_grid_thw"][i:i + 1])
     # a trainable tower: the engine encodes the pixels itself, to the same features
     again = vllm_prompts(model, prompts, None)
-    assert all(torch.allclose(a["multi_modal_data"]["video"]["video_embeds"], b["multi_modal_data"]["video"]["video_embeds"])
-               for a, b in zip(out, again))
+    embeds = [[p["multi_modal_data"]["video"]["video_embeds"] for p in prompts_] for prompts_ in (out, again)]
+    assert all(torch.allclose(a, b) for a, b in zip(*embeds))
 
 
 def test_merged_weights_equal_peft_merge_under_checkpoint_names(tiny_path):

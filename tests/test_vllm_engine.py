@@ -35,7 +35,7 @@ def vllm_python() -> Path:
 
 def run_check(python: Path, name: str, workdir: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1",
-           "VLLM_LOGGING_LEVEL": "ERROR", "VCAP_CACHE": os.environ.get("VCAP_CACHE", str(Path.home() / ".cache" / "vcap"))}
+           "VLLM_LOGGING_LEVEL": "ERROR"}
     out = subprocess.run([str(python), str(ROOT / "tests" / "vllm_probe.py"), str(workdir), name], env=env,
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"check"')]

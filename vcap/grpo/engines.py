@@ -106,8 +106,9 @@ class VcapEngine(RolloutEngine):
 
     Args:
         sampling: extra options: ``min_new_tokens``, ``repetition_penalty`` (as HF ``generate``).
-        compile: compile the decode step with torch.compile (null: on CUDA only). Shapes are bucketed so a run
-            compiles once per bucket (the first rollout of each bucket is the warm-up), not once per step.
+        compile: compile the decode step with torch.compile (null: on CUDA only; off by default until the CUDA
+            path has been measured on a GPU). Shapes are bucketed so a run compiles once per bucket (the first
+            rollout of each bucket is the warm-up), not once per step.
         compile_mode: torch.compile mode; 'reduce-overhead' replays the step as a CUDA graph.
         compile_backend: torch.compile backend ('inductor'; 'eager' / 'aot_eager' trace only, for tests).
         length_bucket: the static cache (prompt + budget) is padded up to a multiple of this many tokens.
@@ -117,7 +118,7 @@ class VcapEngine(RolloutEngine):
 
     supported_sampling = frozenset({"min_new_tokens", "repetition_penalty"})
 
-    def __init__(self, sampling: dict[str, Any] | None = None, compile: bool | None = None,
+    def __init__(self, sampling: dict[str, Any] | None = None, compile: bool | None = False,
                  compile_mode: str | None = "reduce-overhead", compile_backend: str = "inductor",
                  length_bucket: int = 256, batch_buckets: list[int] | None = None):
         super().__init__(sampling)
