@@ -38,7 +38,7 @@ class VLLMMissingError(UsageError, ImportError):
 
 
 def import_vllm():
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a calm log: vLLM's start-up INFO lines stay out
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # a calm log (VLLM_LOGGING_LEVEL=INFO shows it all)
     try:
         import vllm
     except ImportError as err:
@@ -138,8 +138,10 @@ class VLLMEngine(RolloutEngine):
         config.get("text_config", {})["tie_word_embeddings"] = False
         type(base.config).from_dict(config).save_pretrained(self._model_dir.name)
         processor.save_pretrained(self._model_dir.name)
+        # no raw videos or images: with embeddings enabled, vLLM serves videos as features only (no ViT runs,
+        # none is profiled)
         options = dict(model=self._model_dir.name, load_format="dummy", dtype=dtype, enable_mm_embeds=True,
-                       limit_mm_per_prompt={"video": 1, "image": 0}, generation_config="vllm", seed=self.seed,
+                       limit_mm_per_prompt={"video": 0, "image": 0}, generation_config="vllm", seed=self.seed,
                        enforce_eager=self.enforce_eager, max_model_len=self.max_model_len,
                        enable_sleep_mode=self.enable_sleep_mode, gpu_memory_utilization=self.gpu_memory_utilization)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: the engine lives in this process
@@ -149,8 +151,9 @@ class VLLMEngine(RolloutEngine):
 
     def push_weights(self, model, version: object = None) -> None:
         """Load the policy's current weights (LoRA merged) into vLLM and forget everything cached from the old."""
-        self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=merged_weights(model),
-                                                              is_checkpoint_format=True))
+        # the ViT never runs in vLLM (videos arrive as vcap's features): its weights stay out
+        weights = ((name, t) for name, t in merged_weights(model) if "visual." not in name)
+        self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=weights, is_checkpoint_format=True))
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
         self.pushed_version = version
