@@ -31,6 +31,7 @@ def test_engines_by_short_name_class_name_path_and_instance():
     ({"class_path": "VcapEngine", "init_args": {"sampling": {"top_k": 5}}}, "cannot honour .*top_k"),
     ({"class_path": "VLLMEngine", "init_args": {"sampling": {"num_beams": 2}}}, "cannot honour .*num_beams"),
     ({"class_path": "HFEngine", "init_args": {"sampling": {"min_new_token": 2}}}, "not generate options"),
+    ({"class_path": "HFEngine", "init_args": {"sampling": {"temperature": 0.5}}}, "through GRPOModule"),
     ({"class_path": "VLLMEngine", "init_args": {"gpu_memory_utilisation": 0.5}}, "bad options"),
 ])
 def test_bad_engine_or_option_is_one_clear_error(spec, match):

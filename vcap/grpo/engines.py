@@ -23,6 +23,9 @@ from vcap.grpo.vision import select_features
 from vcap.registry import Registry
 
 ENGINES = Registry("rollout engine")
+# what the rollout itself sets; ``sampling`` may not (top_k may: it overrides the HF engine's top_k=0)
+RESERVED_SAMPLING = ("temperature", "top_p", "do_sample", "max_new_tokens", "num_return_sequences", "eos_token_id",
+                     "pad_token_id", "suppress_tokens", "use_cache")
 
 
 class RolloutEngine:
@@ -83,6 +86,10 @@ class HFEngine(RolloutEngine):
         unknown = sorted(k for k in self.sampling if k not in defaults)
         if unknown:
             raise ValueError(f"rollout engine 'hf': {unknown} are not generate options")
+        reserved = sorted(set(self.sampling) & set(RESERVED_SAMPLING))
+        if reserved:
+            raise ValueError(f"rollout engine 'hf': set {reserved} through GRPOModule "
+                             "(temperature, top_p, max_completion_length, num_generations), not sampling")
 
     def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
                        temperature, top_p, do_sample, video_features, **context) -> torch.Tensor:
@@ -95,7 +102,7 @@ class HFEngine(RolloutEngine):
             else dict(do_sample=False)
         out = model.generate(**prompt_inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
                              eos_token_id=eos_token_ids, pad_token_id=pad_token_id, use_cache=True,
-                             suppress_tokens=vision_token_ids(model) or None, **sampling, **self.sampling)
+                             suppress_tokens=vision_token_ids(model) or None, **{**sampling, **self.sampling})
         return out[:, inputs["input_ids"].shape[1]:]
 
 
