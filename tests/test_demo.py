@@ -157,3 +157,14 @@ def test_compare_end_to_end_on_the_tiny_model(tmp_path):
     assert result["clock"] == "cpu"
     assert (tmp_path / "cmp/compare.png").stat().st_size > 1000
     assert (tmp_path / "cmp/seed3/grpo/version_0/training_curves.png").exists()
+
+    # a rerun reuses the finished seed instead of training it again ...
+    vcap("compare", "--grpo_config", "grpo.yaml", "--sft_config", "sft.yaml", "--seeds", "[3]",
+         "--output", "cmp", "--clock", "cpu", cwd=tmp_path)
+    assert not (tmp_path / "cmp/seed3/grpo/version_1").exists()
+    assert json.loads((tmp_path / "cmp/compare.json").read_text())["per_seed"] == result["per_seed"]
+    # ... but never mixes runs of another recipe into the table
+    (tmp_path / "sft.yaml").write_text((tmp_path / "sft.yaml").read_text() + "\n# edited\n")
+    refused = vcap("compare", "--grpo_config", "grpo.yaml", "--sft_config", "sft.yaml", "--seeds", "[3]",
+                   "--output", "cmp", "--clock", "cpu", cwd=tmp_path, check=False)
+    assert refused.returncode != 0 and "holds a comparison with other config_sha256" in refused.stderr

@@ -8,6 +8,7 @@ seeds the table shows mean ± std. Results go to ``<output>/compare.json`` and `
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
@@ -137,6 +138,19 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def finished_seeds(path: Path, settings: dict) -> dict[int, dict]:
+    """Seeds that an earlier run of the same comparison (same configs, byte for byte, and clock) finished, from its
+    compare.json: a rerun after a crash, or with more seeds, does not repeat them."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    differs = [k for k in settings if old.get(k) != settings[k]]
+    if differs:
+        raise SystemExit(f"--output: {path} holds a comparison with other {', '.join(differs)}; pass another "
+                         "--output, or delete that compare.json to start over")
+    return {int(seed): run for seed, run in zip(old["seeds"], old["per_seed"])}
+
+
 def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/demo/sft_continue.yaml",
             seeds: list[int] | None = None, output: str = "runs/demo-compare",
             clock: Literal["wall", "cpu"] = "wall") -> dict:
@@ -146,22 +160,31 @@ def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/d
         grpo_config: the GRPO recipe (must validate before fit, so the warm start is scored).
         sft_config: the SFT recipe continuing from the same warm start on the same training videos.
         seeds: one full comparison per seed (default [0]); several seeds give mean ± std.
-        output: folder for the runs, compare.json and compare.png.
+        output: folder for the runs, compare.json and compare.png; seeds already in its compare.json (same configs
+            and clock) are reused, not run again.
         clock: what "the same training time" means: 'wall' seconds, or 'cpu' seconds of this process (all its
-            threads), which stays fair when other programs load the machine during one of the two runs.
+            threads). CPU seconds are less sensitive to other programs loading the machine during one of the two
+            runs, not immune: waiting torch threads spin, so a crowded run still spends more of them per step.
     """
     for flag, path in (("--grpo_config", grpo_config), ("--sft_config", sft_config)):
         if not Path(path).is_file():
             raise SystemExit(f"{flag}: no such config file {path!r}")
     seeds = [0] if seeds is None else seeds
     out = Path(output)
+    settings = {"clock": clock, "grpo_config": grpo_config, "sft_config": sft_config,
+                "config_sha256": {flag: hashlib.sha256(Path(p).read_bytes()).hexdigest()
+                                  for flag, p in (("grpo_config", grpo_config), ("sft_config", sft_config))}}
+    done = finished_seeds(out / "compare.json", settings)
     per_seed = []
     for seed in seeds:
-        per_seed.append(run_seed(grpo_config, sft_config, seed, out, clock))
+        if seed in done:
+            log.info("seed %d: reusing its finished run from %s", seed, out / "compare.json")
+            per_seed.append(done[seed])
+        else:
+            per_seed.append(run_seed(grpo_config, sft_config, seed, out, clock))
         summary = summarize(per_seed)  # written after every seed: finished seeds are never lost
         (out / "compare.json").write_text(json.dumps(
-            {"seeds": seeds[: len(per_seed)], "clock": clock, "grpo_config": grpo_config, "sft_config": sft_config,
-             "per_seed": per_seed, "summary": summary}, indent=2))
+            {"seeds": seeds[: len(per_seed)], **settings, "per_seed": per_seed, "summary": summary}, indent=2))
     print_table(summary, seeds)
     plot(summary, out / "compare.png")
     log.info("comparison written to %s and %s", out / "compare.json", out / "compare.png")
