@@ -216,6 +216,14 @@ class CaptionPolicyModule(L.LightningModule):
         if self.syncs_own_gradients:
             all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad])
 
+    def sync_and_clip_gradients(self, optimizer) -> None:
+        """Average the gradients over ranks, then clip them to ``max_grad_norm``. Every rank does both, with data
+        or without: a rank that skipped the clipping would apply the unclipped average and drift from the others."""
+        self.sync_gradients()
+        max_norm = self.hparams.get("max_grad_norm", 0)
+        if max_norm > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+
     def step_without_data(self) -> None:
         """A rank whose whole batch was skipped still joins the step (zero gradient) so ranks stay in sync."""
         if not self.syncs_own_gradients:
@@ -223,7 +231,7 @@ class CaptionPolicyModule(L.LightningModule):
         opt = self.optimizers()
         for _ in range(self.hparams.get("num_iterations", 1)):  # as many steps (and all-reduces) as the other ranks
             opt.zero_grad()
-            self.sync_gradients()
+            self.sync_and_clip_gradients(opt)
             opt.step()
             self.lr_schedulers().step()
 

@@ -138,9 +138,7 @@ class GRPOModule(CaptionPolicyModule):
             self.manual_backward(loss)
             for key, value in {"loss": loss.detach(), **part}.items():
                 stats[key] = stats.get(key, 0.0) + value
-        self.sync_gradients()
-        if hp.max_grad_norm > 0:
-            self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+        self.sync_and_clip_gradients(opt)
         opt.step()
         sched.step()
         return stats
