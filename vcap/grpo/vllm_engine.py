@@ -113,9 +113,12 @@ class VLLMEngine(RolloutEngine):
         self.llm = None
         self.pushed_version: object = None
         self._model_dir: tempfile.TemporaryDirectory | None = None
+        self._allowed_key: tuple | None = None  # (vocabulary size, banned ids) of the cached allowed_token_ids
+        self._allowed: list[int] | None = None
 
     def __getstate__(self):  # hparams and deep copies carry the options, never the running engine
-        return {**self.__dict__, "llm": None, "pushed_version": None, "_model_dir": None}
+        return {**self.__dict__, "llm": None, "pushed_version": None, "_model_dir": None, "_allowed_key": None,
+                "_allowed": None}
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, model, processor) -> None:
@@ -159,6 +162,17 @@ class VLLMEngine(RolloutEngine):
         self.pushed_version = version
 
     # -- sampling -----------------------------------------------------------------------------------
+    def allowed_token_ids(self, model) -> list[int] | None:
+        """Every token id but the vision placeholders (None when there are none); the list spans the whole
+        vocabulary (152k ids for Qwen), so it is built once per model, not once per rollout."""
+        suppressed = tuple(vision_token_ids(model))
+        vocab = core_model(model).language_model.embed_tokens.num_embeddings
+        if self._allowed_key != (vocab, suppressed):
+            banned = set(suppressed)
+            self._allowed_key = (vocab, suppressed)
+            self._allowed = [t for t in range(vocab) if t not in banned] if banned else None
+        return self._allowed
+
     def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
                        temperature, top_p, do_sample, video_features, processor=None, weights_version=None,
                        **context) -> torch.Tensor:
@@ -169,12 +183,10 @@ class VLLMEngine(RolloutEngine):
             self.llm.wake_up()
         if self.pushed_version is None or weights_version is None or weights_version != self.pushed_version:
             self.push_weights(model, weights_version)
-        suppressed = set(vision_token_ids(model))
-        vocab = core_model(model).language_model.embed_tokens.num_embeddings
         params = vllm.SamplingParams(
             n=num_generations, max_tokens=max_new_tokens, stop_token_ids=list(eos_token_ids),
             temperature=temperature if do_sample else 0.0, top_p=top_p if do_sample else 1.0,
-            allowed_token_ids=[t for t in range(vocab) if t not in suppressed] if suppressed else None,
+            allowed_token_ids=self.allowed_token_ids(model),
             detokenize=False, skip_special_tokens=False,
             **{SAMPLING_NAMES[k]: v for k, v in self.sampling.items()})
         outputs = self.llm.generate(vllm_prompts(model, inputs, video_features), params, use_tqdm=False)
