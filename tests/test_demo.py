@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from vcap.compare import TrainClock, summarize
-from vcap.data.synthetic import EXTRA_MENTION, SIZE_MENTION, describe, sample_specs
+from vcap.data.synthetic import DIRECTION_MENTION, EXTRA_MENTION, SIZE_MENTION, VAGUE_MOTION, describe, sample_specs
 from vcap.plots import TrainingCurves, moving_average
 from vcap.sft import SFTModule
 
@@ -19,7 +19,7 @@ from tests.test_cli import ROOT, vcap
 
 def test_sft_targets_omit_like_human_captions_while_ground_truth_stays_complete():
     rng, annotator = random.Random(0), random.Random(1)
-    sized = total_subjects = extra = two_shape_clips = 0
+    sized = total_subjects = extra = two_shape_clips = movements = directed = 0
     for _ in range(3000):
         specs = sample_specs(rng, 56)
         record = describe(specs, annotator)
@@ -31,8 +31,15 @@ def test_sft_targets_omit_like_human_captions_while_ground_truth_stays_complete(
         assert target[0]["subject"] == specs[0].shape  # the first shape is always described
         for subject in target:  # the target is a subset of the truth, never a contradiction
             truth = full[subject["subject"]]
-            assert subject["actions"] == truth["actions"] and set(subject["attributes"]) <= set(truth["attributes"])
+            assert set(subject["attributes"]) <= set(truth["attributes"])
+            if truth["actions"][0].startswith("moves "):  # a movement: its direction may be left out, never changed
+                assert subject["actions"] in (truth["actions"], [VAGUE_MOTION])
+                movements += 1
+                directed += subject["actions"] == truth["actions"]
+            else:
+                assert subject["actions"] == truth["actions"]
             assert subject["attributes"][0] == truth["attributes"][0]  # the colour is always named
+            assert f"{subject['subject']} {subject['actions'][0]}." in record["sft_caption"]  # caption = thinking
             sized += len(subject["attributes"]) == 2
             total_subjects += 1
         assert record["sft_caption"].count(".") == len(target)
@@ -40,6 +47,7 @@ def test_sft_targets_omit_like_human_captions_while_ground_truth_stays_complete(
             two_shape_clips += 1
             extra += len(target) == 2
     assert abs(sized / total_subjects - SIZE_MENTION) < 0.03
+    assert abs(directed / movements - DIRECTION_MENTION) < 0.03
     assert abs(extra / two_shape_clips - EXTRA_MENTION) < 0.04
 
 

@@ -7,9 +7,10 @@ for their own data (see README, "Manifest format").
 Every record carries the complete ground truth (``caption``, ``structure``, ``events``) that the rewards
 and metrics score against, and human-style SFT targets (``sft_caption``, ``sft_structure``) that, like
 real reference captions, leave things out: annotators always describe one shape, its colour and what it
-does, but mention its size only ``SIZE_MENTION`` of the time and a second shape only ``EXTRA_MENTION`` of
-the time. SFT imitates those omissions; the GRPO rewards ask for everything that happened. That gap is
-the paper's setting in miniature (see configs/demo.yaml).
+does, but mention its size only ``SIZE_MENTION`` of the time, say which way a moving shape goes only
+``DIRECTION_MENTION`` of the time (else just "moves") and describe a second shape only ``EXTRA_MENTION`` of
+the time. SFT imitates those omissions; the GRPO rewards ask for everything that happened (the events say
+"the red circle moves left"). That gap is the paper's setting in miniature (see configs/demo.yaml).
 """
 from __future__ import annotations
 
@@ -116,29 +117,37 @@ def sample_specs(rng: random.Random, size: int) -> list[ShapeSpec]:
     return specs
 
 
-SIZE_MENTION = 0.3   # share of human-style targets that state a described shape's size
-EXTRA_MENTION = 0.3  # share that describe a second shape at all
+SIZE_MENTION = 0.3       # share of human-style targets that state a described shape's size
+DIRECTION_MENTION = 0.3  # share that say which way a described moving shape goes ("moves left", else "moves")
+EXTRA_MENTION = 0.3      # share that describe a second shape at all
+VAGUE_MOTION = "moves"   # what a human-style target says of a movement whose direction it leaves out
 
 
-def _caption(specs: list[ShapeSpec], with_size: list[bool]) -> str:
-    return " ".join(f"A {s.size + ' ' if sized else ''}{s.color} {s.shape} {s.action}."
-                    for s, sized in zip(specs, with_size))
+def _action(spec: ShapeSpec, directed: bool) -> str:
+    return spec.action if directed or spec.action not in _MOTION else VAGUE_MOTION
 
 
-def _structure(specs: list[ShapeSpec], with_size: list[bool]) -> list[dict]:
-    return [{"subject": s.shape, "attributes": [s.color, s.size] if sized else [s.color], "actions": [s.action]}
-            for s, sized in zip(specs, with_size)]
+def _caption(specs: list[ShapeSpec], with_size: list[bool], directed: list[bool]) -> str:
+    return " ".join(f"A {s.size + ' ' if sized else ''}{s.color} {s.shape} {_action(s, d)}."
+                    for s, sized, d in zip(specs, with_size, directed))
+
+
+def _structure(specs: list[ShapeSpec], with_size: list[bool], directed: list[bool]) -> list[dict]:
+    return [{"subject": s.shape, "attributes": [s.color, s.size] if sized else [s.color], "actions": [_action(s, d)]}
+            for s, sized, d in zip(specs, with_size, directed)]
 
 
 def describe(specs: list[ShapeSpec], rng: random.Random | None = None) -> dict:
     """Complete ground truth, plus human-style SFT targets drawn with ``rng`` (complete when ``rng`` is None)."""
     full = [True] * len(specs)
-    out = {"caption": _caption(specs, full), "structure": _structure(specs, full),
+    out = {"caption": _caption(specs, full, full), "structure": _structure(specs, full, full),
            "events": [f"the {s.color} {s.shape} {s.action}" for s in specs]}
     if rng is not None:
         mentioned = specs[:1] + [s for s in specs[1:] if rng.random() < EXTRA_MENTION]
         sized = [rng.random() < SIZE_MENTION for _ in mentioned]
-        out["sft_caption"], out["sft_structure"] = _caption(mentioned, sized), _structure(mentioned, sized)
+        directed = [rng.random() < DIRECTION_MENTION for _ in mentioned]
+        out["sft_caption"] = _caption(mentioned, sized, directed)
+        out["sft_structure"] = _structure(mentioned, sized, directed)
     return out
 
 
@@ -150,7 +159,8 @@ class ShapesSpec:
     size: int = 56
     num_frames: int = 8
     fps: int = 4
-    version: int = 2  # bumped when records change, so cached datasets are rebuilt (2: human-style SFT targets)
+    version: int = 3  # bumped when records change, so cached datasets are rebuilt (2: human-style SFT targets,
+    #                   3: they leave out directions)
 
 
 def build_shapes_dataset(root: str | Path, spec: ShapesSpec = ShapesSpec()) -> Path:
