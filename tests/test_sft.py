@@ -20,16 +20,16 @@ def test_sft_loss_falls_on_repeated_batch(tmp_path, tiny_path, shapes_manifest):
     data = CaptionDataModule(manifest=str(shapes_manifest), processor=str(tiny_path), batch_size=8, num_workers=0,
                              nframes=4, min_pixels=56 * 56, max_pixels=56 * 56, shuffle=False)
     history = LossHistory()
-    trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False,
+    trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
                         default_root_dir=tmp_path, callbacks=[history])
     trainer.fit(module, datamodule=data)  # 8 train videos, batch 8: the same batch every step
     first, last = history.losses[0], history.losses[-1]
-    assert len(history.losses) == 6
+    assert len(history.losses) == 10
     assert first > 3.0  # a random tiny model: near-uniform over its vocabulary
-    # Adam on one repeated batch may bounce once; the trend must still fall clearly
-    early, late = sum(history.losses[:3]) / 3, sum(history.losses[3:]) / 3
-    assert last < 0.8 * first and late < 0.85 * early, history.losses
+    # Adam on one repeated batch may bounce for a step or two; the trend must still fall clearly
+    early, late = sum(history.losses[:3]) / 3, sum(history.losses[-3:]) / 3
+    assert last < 0.8 * first and late < 0.8 * early, history.losses
 
 
 def test_sft_targets_need_structure_and_caption(tiny_path):
