@@ -175,16 +175,14 @@ class VcapEngine(RolloutEngine):
 
 def pad_prompts(inputs: dict[str, torch.Tensor], video_features, size: int):
     """The batch padded to ``size`` prompts with copies of its last prompt (video and features included)."""
-    from vcap.grpo.rollout import PER_SEQUENCE_KEYS, PER_VIDEO_KEYS, video_rows
+    from vcap.grpo.rollout import repeat_inputs, select
 
-    extra = size - inputs["input_ids"].shape[0]
+    count = inputs["input_ids"].shape[0]
+    extra = size - count
     if extra <= 0:
         return inputs, video_features
-    out = {k: torch.cat([v, v[-1:].expand(extra, *v.shape[1:])]) for k, v in inputs.items()
-           if k in PER_SEQUENCE_KEYS or k in PER_VIDEO_KEYS}
-    if "pixel_values_videos" in inputs:
-        last = inputs["pixel_values_videos"][-int(video_rows(inputs)[-1]):]
-        out["pixel_values_videos"] = torch.cat([inputs["pixel_values_videos"], *[last] * extra])
+    copies = repeat_inputs(select(inputs, count - 1, count), extra)
+    out = {k: torch.cat([inputs[k], copies[k]]) for k in copies}
     if video_features is not None:
         features = tuple(video_features.pooler_output)
         video_features = type(video_features)(pooler_output=features + features[-1:] * extra)
