@@ -24,15 +24,15 @@ CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen2VLModel.forward).para
 
 def next_token_scores(logits: torch.Tensor, step: int, eos_token_ids: list[int], suppress_tokens: list[int] | None,
                       min_new_tokens: int = 0, repetition_penalty: float = 1.0,
-                      history: torch.Tensor | None = None) -> torch.Tensor:
+                      seen: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 scores with suppressed tokens (and EOS before ``min_new_tokens``) at -inf; with a
-    ``repetition_penalty`` != 1, the scores of every token in ``history`` (prompt and completion so far, padding
-    included, as HF) are divided by it when positive and multiplied by it when negative."""
+    ``repetition_penalty`` != 1, the scores of every token marked in ``seen`` (a (rows, vocab) bool mask of the
+    prompt and completion so far, padding included, as HF) are divided by it when positive and multiplied by it
+    when negative."""
     scores = logits.float()
     if repetition_penalty != 1.0:
-        seen = scores.gather(1, history)
-        seen = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
-        scores = scores.scatter(1, history, seen)
+        penalized = torch.where(scores < 0, scores * repetition_penalty, scores / repetition_penalty)
+        scores = torch.where(seen, penalized, scores)
     banned = list(suppress_tokens or []) + (list(eos_token_ids) if step < min_new_tokens else [])
     if banned:
         scores[:, banned] = float("-inf")
@@ -102,16 +102,19 @@ def prefill_once_generate(model, inputs: dict[str, torch.Tensor], num_generation
     eos = torch.tensor(eos_token_ids, device=device)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     tokens = []
-    history = inputs["input_ids"].repeat_interleave(num_generations, dim=0) if repetition_penalty != 1.0 else None
+    seen = None  # a mask, not the growing id history: each step costs O(vocab), not O(prompt + completion)
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(n, logits.shape[-1], dtype=torch.bool, device=device)
+        seen.scatter_(1, inputs["input_ids"].repeat_interleave(num_generations, dim=0), True)
     for step in range(max_new_tokens):
         scores = next_token_scores(logits, step, eos_token_ids, suppress_tokens, min_new_tokens, repetition_penalty,
-                                   history)
+                                   seen)
         token = sample_tokens(scores, temperature, top_p, do_sample, generator)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         finished |= torch.isin(token, eos)
-        if history is not None:
-            history = torch.cat([history, token.unsqueeze(1)], dim=1)
+        if seen is not None:
+            seen.scatter_(1, token.unsqueeze(1), True)
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
         attention[:, prompt_len + step] = 1
