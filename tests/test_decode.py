@@ -135,13 +135,33 @@ def test_compiled_bucketed_decode_equals_the_plain_loop_and_compiles_once_per_bu
     second = prompt_batch(load_processor(SFT), UNEQUAL[::2], seed=3)
     assert second["input_ids"].shape[1] != prompts["input_ids"].shape[1]
     for batch in (prompts, second):
-        features = encode_videos(model, batch)
         args = (model, batch, 2, 12, [tok.eos_token_id], tok.pad_token_id)
-        plain = VcapEngine(compile=False).generate(*args, do_sample=False, video_features=features)
-        fast = engine.generate(*args, do_sample=False, video_features=features)
-        assert torch.equal(fast.completion_ids, plain.completion_ids)
-        assert torch.equal(fast.completion_mask, plain.completion_mask)
+        for features in (encode_videos(model, batch), None):  # None: the padded pixels are encoded in the prefill
+            plain = VcapEngine(compile=False).generate(*args, do_sample=False, video_features=features)
+            fast = engine.generate(*args, do_sample=False, video_features=features)
+            assert torch.equal(fast.completion_ids, plain.completion_ids)
+            assert torch.equal(fast.completion_mask, plain.completion_mask)
         if batch is prompts:
             compiled = len(graphs)
             assert compiled > 0
     assert len(graphs) == compiled  # 3 and 2 prompts both pad to 4; both prompt lengths + 12 fit in 256
+
+
+def test_pad_prompts_appends_copies_of_the_last_prompt_with_its_video(setup):
+    from vcap.grpo.engines import pad_prompts
+    from vcap.grpo.rollout import select
+
+    model, _, prompts = setup
+    count = prompts["input_ids"].shape[0]
+    features = encode_videos(model, prompts)
+    padded, padded_features = pad_prompts(prompts, features, count + 2)
+    assert padded["input_ids"].shape[0] == count + 2 and len(padded_features.pooler_output) == count + 2
+    for i in range(count + 2):
+        source = min(i, count - 1)
+        got, want = select(padded, i, i + 1), select(prompts, source, source + 1)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        assert torch.equal(padded_features.pooler_output[i], features.pooler_output[source])
+    same, same_features = pad_prompts(prompts, features, count)
+    assert same is prompts and same_features is features  # nothing to pad
+    no_pixels = {k: v for k, v in prompts.items() if k != "pixel_values_videos"}
+    assert "video_grid_thw" in pad_prompts(no_pixels, None, count + 1)[0]  # mrope positions still need the grid

@@ -40,21 +40,20 @@ def repeat_inputs(inputs: dict[str, torch.Tensor], repeats: int) -> dict[str, to
     """Each prompt (and its video rows) repeated ``repeats`` times in place: a a b b, not a b a b."""
     if repeats == 1:
         return dict(inputs)
-    out = {k: inputs[k].repeat_interleave(repeats, dim=0) for k in PER_SEQUENCE_KEYS if k in inputs}
+    # one video per sample, so per-video rows repeat like the sequences (kept even without pixels: mrope needs them)
+    out = {k: inputs[k].repeat_interleave(repeats, dim=0) for k in PER_SEQUENCE_KEYS + PER_VIDEO_KEYS if k in inputs}
     if "pixel_values_videos" in inputs:
         chunks = inputs["pixel_values_videos"].split(video_rows(inputs).tolist())
         out["pixel_values_videos"] = torch.cat([c for c in chunks for _ in range(repeats)])
-        out.update({k: inputs[k].repeat_interleave(repeats, dim=0) for k in PER_VIDEO_KEYS if k in inputs})
     return out
 
 
 def select(inputs: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
     """Samples [start, stop) of a batch, video rows included."""
-    out = {k: inputs[k][start:stop] for k in PER_SEQUENCE_KEYS if k in inputs}
+    out = {k: inputs[k][start:stop] for k in PER_SEQUENCE_KEYS + PER_VIDEO_KEYS if k in inputs}
     if "pixel_values_videos" in inputs:
         offsets = torch.cat([video_rows(inputs).new_zeros(1), video_rows(inputs).cumsum(0)])
         out["pixel_values_videos"] = inputs["pixel_values_videos"][offsets[start]:offsets[stop]]
-        out.update({k: inputs[k][start:stop] for k in PER_VIDEO_KEYS if k in inputs})
     return out
 
 
