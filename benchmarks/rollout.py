@@ -54,12 +54,13 @@ def run(args) -> dict:
     inputs = make_inputs(args, processor, device, dtype)
     g, n_new = args.num_generations, args.completion_length
     tokens = args.prompts * g * n_new
-    engines = {name: build_engine(name, {"min_new_tokens": n_new}) for name in args.engines}
-    if "vcap" in engines:
-        engines["vcap"].compile = args.compile
+    options = {"hf": {}, "vcap": {"compile": args.compile},
+               "vllm": {"gpu_memory_utilization": args.vllm_memory_utilization,
+                        "max_model_len": inputs["input_ids"].shape[1] + n_new + 16}}
+    engines = {name: build_engine({"class_path": name, "init_args": {"sampling": {"min_new_tokens": n_new},
+                                                                     **options[name]}})
+               for name in args.engines}
     if "vllm" in engines:  # started (and the weights pushed) before the timed rollouts
-        engines["vllm"].gpu_memory_utilization = args.vllm_memory_utilization
-        engines["vllm"].max_model_len = inputs["input_ids"].shape[1] + n_new + 16
         engines["vllm"].generate(model, inputs, g, n_new, [tokenizer.eos_token_id], tokenizer.pad_token_id,
                                  video_features=encode_videos(model, inputs), processor=processor, weights_version=0)
     out: dict[str, dict] = {}

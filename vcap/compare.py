@@ -106,7 +106,8 @@ def print_table(summary: dict, seeds: list[int]) -> None:
     table.add_column("metric")
     for column in COLUMNS:
         table.add_column(column, justify="right")
-    keys = [k for k in SHOWN if all(k in summary[c] for c in COLUMNS)] + ["train_seconds", "train_cpu_seconds", "train_steps"]
+    keys = [k for k in SHOWN if all(k in summary[c] for c in COLUMNS)]
+    keys += ["train_seconds", "train_cpu_seconds", "train_steps"]
     for key in keys:
         cells = []
         for column in COLUMNS:
@@ -166,14 +167,14 @@ def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/d
             threads). CPU seconds are less sensitive to other programs loading the machine during one of the two
             runs, not immune: waiting torch threads spin, so a crowded run still spends more of them per step.
     """
-    for flag, path in (("--grpo_config", grpo_config), ("--sft_config", sft_config)):
+    configs = {"grpo_config": grpo_config, "sft_config": sft_config}
+    for name, path in configs.items():
         if not Path(path).is_file():
-            raise SystemExit(f"{flag}: no such config file {path!r}")
+            raise SystemExit(f"--{name}: no such config file {path!r}")
     seeds = [0] if seeds is None else seeds
     out = Path(output)
-    settings = {"clock": clock, "grpo_config": grpo_config, "sft_config": sft_config,
-                "config_sha256": {flag: hashlib.sha256(Path(p).read_bytes()).hexdigest()
-                                  for flag, p in (("grpo_config", grpo_config), ("sft_config", sft_config))}}
+    settings = {"clock": clock, **configs,
+                "config_sha256": {name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for name, p in configs.items()}}
     done = finished_seeds(out / "compare.json", settings)
     per_seed = []
     for seed in seeds:

@@ -211,15 +211,12 @@ class CaptionPolicyModule(L.LightningModule):
         if not self.automatic_optimization:
             self.syncs_own_gradients = take_over_ddp_gradient_sync(self.trainer.strategy.model)
 
-    def sync_gradients(self) -> None:
-        """Average accumulated gradients over DDP ranks; call once per optimizer step, before clipping."""
+    def sync_and_clip_gradients(self, optimizer) -> None:
+        """Average the accumulated gradients over DDP ranks, then clip them to ``max_grad_norm``; once per optimizer
+        step. Every rank does both, with data or without: a rank that skipped the clipping would apply the
+        unclipped average and drift from the others."""
         if self.syncs_own_gradients:
             all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad])
-
-    def sync_and_clip_gradients(self, optimizer) -> None:
-        """Average the gradients over ranks, then clip them to ``max_grad_norm``. Every rank does both, with data
-        or without: a rank that skipped the clipping would apply the unclipped average and drift from the others."""
-        self.sync_gradients()
         max_norm = self.hparams.get("max_grad_norm", 0)
         if max_norm > 0:
             self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")

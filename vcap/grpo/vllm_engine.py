@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vcap.distributed import is_distributed
 from vcap.errors import UsageError
 from vcap.grpo.engines import ENGINES, RolloutEngine
 from vcap.grpo.rollout import vision_token_ids
@@ -126,8 +127,7 @@ class VLLMEngine(RolloutEngine):
         if processor is None:
             raise ValueError("engine 'vllm' needs the processor (GRPOModule passes it)")
         vllm = import_vllm()
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
+        if is_distributed():
             raise ValueError("engine 'vllm' runs in a single process for now; with DDP/FSDP use rollout: vcap")
         if self.enable_sleep_mode and not torch.cuda.is_available():
             raise ValueError("engine 'vllm': enable_sleep_mode needs CUDA; set it to false on CPU")
