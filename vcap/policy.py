@@ -9,12 +9,13 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from peft import PeftConfig
 
 from vcap.distributed import all_reduce_gradients, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
 from vcap.model.export import export_model
-from vcap.model.loading import count_parameters, load_policy, load_processor
+from vcap.model.loading import as_peft_config, count_parameters, load_policy, load_processor
 from vcap.model.memory_check import SHARDING_STRATEGIES, check_memory
 from vcap.model.precision import check_trainable_precision
 from vcap.rewards import RewardSet, parse_completion
@@ -39,7 +40,9 @@ class CaptionPolicyModule(L.LightningModule):
         attn_implementation: attention kernel, e.g. 'sdpa', 'flash_attention_2', 'eager' (null: transformers' default).
         gradient_checkpointing: trade compute for activation memory.
         freeze_vision: keep the ViT frozen (it then also gets no LoRA).
-        peft: a PEFT config, e.g. ``class_path: peft.LoraConfig``; LoRA targets the language model by default.
+        peft: a PEFT config, e.g. ``class_path: peft.LoraConfig`` with ``init_args: {r: 64, lora_alpha: 128}``
+            (or the short name ``LoraConfig``); LoRA targets the language model's linears unless ``target_modules``
+            is set.
         load_in_4bit: QLoRA (nf4) loading through bitsandbytes; needs ``peft``.
         learning_rate: peak learning rate of AdamW.
         weight_decay: AdamW's decoupled weight decay.
@@ -54,14 +57,15 @@ class CaptionPolicyModule(L.LightningModule):
 
     def __init__(self, name_or_path: str = "vcap-tiny", dtype: Literal["float32", "bfloat16", "float16"] = "float32",
                  attn_implementation: str | None = "sdpa",
-                 gradient_checkpointing: bool = False, freeze_vision: bool = True, peft: Any = None,
+                 gradient_checkpointing: bool = False, freeze_vision: bool = True, peft: PeftConfig | None = None,
                  load_in_4bit: bool = False, learning_rate: float = 1e-6, weight_decay: float = 0.0,
                  warmup_steps: int = 0, rewards: dict[str, float] | None = None,
                  reward_options: dict[str, dict[str, Any]] | None = None, max_new_tokens: int = 512,
                  generation_kwargs: dict[str, Any] | None = None, export_dir: str | None = None,
                  allow_low_precision_training: bool = False, memory_check: bool = True):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # under the CLI, hparams keep the config as written (peft as class_path/init_args)
+        self.peft_config = as_peft_config(peft)
         self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
         # validation metrics reuse the rewards' scorer and judge (one embedding model, one client and cache)
         caption_opts = (reward_options or {}).get("caption", {})
@@ -95,10 +99,10 @@ class CaptionPolicyModule(L.LightningModule):
             check_memory(self, strict=hp.memory_check)
         self.processor = load_processor(hp.name_or_path)
         self.model = load_policy(hp.name_or_path, hp.dtype, hp.attn_implementation, hp.gradient_checkpointing,
-                                 hp.freeze_vision, hp.peft, hp.load_in_4bit).train()  # from_pretrained gives eval mode
+                                 hp.freeze_vision, self.peft_config, hp.load_in_4bit).train()  # from_pretrained gives eval mode
         trainable, total = count_parameters(self.model)
         log.info("policy %s: %s trainable / %s parameters", hp.name_or_path, f"{trainable:,}", f"{total:,}")
-        self.strict_loading = hp.peft is None  # PEFT checkpoints hold only adapter weights
+        self.strict_loading = self.peft_config is None  # PEFT checkpoints hold only adapter weights
 
     @property
     def tokenizer(self):
@@ -240,7 +244,7 @@ class CaptionPolicyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
         keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        if self.hparams.peft is not None:  # the frozen base is reloaded from name_or_path
+        if self.peft_config is not None:  # the frozen base is reloaded from name_or_path
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
         else:
             checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("ref_model.")}

@@ -29,6 +29,10 @@ NOISY_WARNINGS: tuple[tuple[str, str], ...] = (
     (r".*module\(s\) in eval mode at the start of training", "the frozen reference model is in eval mode on purpose"),
     (r".*does not have many workers which may be a bottleneck", "num_workers is the user's choice, set in the config"),
     (r"No seed found, seed set to", "bench configs leave seed_everything unset: greedy decoding needs no seed"),
+    (r"`loftq_config` specified but will be ignored", "the CLI fills LoraConfig's loftq_config with LoftQConfig's "
+     "defaults; LoftQ is used only with init_lora_weights: loftq, as the warning itself says"),
+    (r"`is_gradient_checkpointing` is deprecated", "peft reads a transformers property renamed in 5.x; nothing for "
+     "the user to do"),
     (r".*The `srun` command is available on your system", "SLURM hint irrelevant to single-node runs"),
 )
 

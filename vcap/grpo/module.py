@@ -74,7 +74,7 @@ class GRPOModule(CaptionPolicyModule):
         super().configure_model()
         if self.hparams.shared_prefix:
             check_shared_prefix_support(self.model)
-        if self.hparams.beta != 0 and self.hparams.peft is None and self.ref_model is None:
+        if self.hparams.beta != 0 and self.peft_config is None and self.ref_model is None:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
     # -- the algorithm ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Load a Qwen2-VL / Qwen2.5-VL / Qwen3-VL policy and its processor from a hub id, a local dir or an embedded name."""
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -110,12 +111,38 @@ def load_policy(name_or_path: str, dtype: str = "float32", attn_implementation: 
     if peft is not None:
         from peft import get_peft_model
 
-        if getattr(peft, "target_modules", None) is None:
+        peft = as_peft_config(peft)
+        if getattr(peft, "target_modules", None) is None:  # a copy: the user's config (the hparams) stays as given
+            peft = copy.copy(peft)
             peft.target_modules = LANGUAGE_MODEL_LINEARS
         if gradient_checkpointing:
             model.enable_input_require_grads()
         model = get_peft_model(model, peft)
     return model
+
+
+def as_peft_config(peft):
+    """A ``peft.PeftConfig`` from what a user or a checkpoint gives: the object itself, or its
+    ``{class_path, init_args}`` mapping (what LightningCLI stores in the hyper-parameters); None stays None."""
+    from peft import PeftConfig
+
+    if peft is None or isinstance(peft, PeftConfig):
+        return peft
+    if isinstance(peft, dict) and isinstance(peft.get("class_path"), str):
+        import importlib
+
+        module, _, name = peft["class_path"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module or "peft"), name)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"model.peft: cannot import {peft['class_path']!r} ({err}); use e.g. "
+                             "class_path: peft.LoraConfig") from err
+        init_args = dict(peft.get("init_args") or {})
+        if not (isinstance(cls, type) and issubclass(cls, PeftConfig)):
+            raise ValueError(f"model.peft: {peft['class_path']!r} is not a PEFT config; use e.g. peft.LoraConfig")
+        return cls(**{k: v for k, v in init_args.items() if k not in ("peft_type",)})
+    raise ValueError(f"model.peft must be a PEFT config such as `class_path: peft.LoraConfig` with its init_args, "
+                     f"not {type(peft).__name__} {peft!r}"[:300])
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -27,7 +27,7 @@ def plan_for(module) -> TrainingPlan:
     config_patch = getattr(module, "_vision_patch", 14)
     prompt_tokens, video_tokens = tokens_per_prompt(frames, dh.get("max_pixels", 151200), patch=config_patch)
     return TrainingPlan(
-        weight_dtype=hp.dtype, peft_rank=getattr(hp.peft, "r", None) if hp.peft is not None else None,
+        weight_dtype=hp.dtype, peft_rank=getattr(module.peft_config, "r", None),
         load_in_4bit=hp.load_in_4bit, freeze_vision=hp.freeze_vision, beta=hp.get("beta", 0.0), shards=shards,
         gradient_checkpointing=hp.gradient_checkpointing, micro_batch_size=hp.get("micro_batch_size", prompts),
         prompt_tokens=prompt_tokens, completion_tokens=hp.get("max_completion_length", hp.max_new_tokens),
