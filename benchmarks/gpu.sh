@@ -1,17 +1,68 @@
 #!/usr/bin/env bash
-# Every GPU number of the step-engine and rollout-engine issues, one JSON object per line (bf16, random weights,
-# real geometry). Needs a CUDA GPU with >= 80 GB; `pip install trl` adds TRL's GRPOTrainer as the peer.
-set -euo pipefail
+# Every GPU number of the rollout and step issues in one short run (one H100/H200, random bf16 weights with the
+# real Qwen2-VL geometries): one JSON line per job result, printed (and appended to $VCAP_GPU_LOG) as each job
+# ends, so a run that is cut short keeps what finished. Jobs run in order of value; each gets what is left of
+# the budget ($VCAP_GPU_BUDGET seconds, default 340), so the whole run fits in 6 minutes, model builds included.
+#   bash benchmarks/gpu.sh                   # all jobs; `pip install trl` adds TRL's GRPOTrainer as the 2B peer
+#   bash benchmarks/gpu.sh rollout-2b step-paper     # only these jobs (names below)
+set -uo pipefail
 cd "$(dirname "$0")"
-export HF_HUB_OFFLINE=1 PYTHONPATH="$(cd .. && pwd)${PYTHONPATH:+:$PYTHONPATH}"
-peer=$(python -c "import importlib.util; print('--peer trl' if importlib.util.find_spec('trl') else '')")
-# `pip install vllm` adds engine: vllm beside hf and vcap in the rollout numbers
-engines=$(python -c "import importlib.util; print('hf vcap vllm' if importlib.util.find_spec('vllm') else 'hf vcap')")
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$(cd .. && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
-python grpo_step.py --shape qwen2-vl-2b --visual_tokens 512 --completion_length 256 --compare $peer
-python grpo_step.py --shape qwen2-vl-7b --lora --visual_tokens 512 --completion_length 256 --compare $peer
-python grpo_step.py --shape paper --gradient_checkpointing --compare
-for g in 8 64; do
-  python rollout.py --shape qwen2-vl-2b --visual_tokens 512 --completion_length 256 --num_generations $g --engines $engines --compile
-  python rollout.py --shape qwen2-vl-7b --visual_tokens 512 --completion_length 256 --num_generations $g --engines $engines --compile
-done
+budget=${VCAP_GPU_BUDGET:-340}
+log=${VCAP_GPU_LOG:-/dev/null}
+python=${PYTHON:-python3}
+peer=$($python -c "import importlib.util; print('--peer trl' if importlib.util.find_spec('trl') else '')")
+geometry=(--visual_tokens 512 --completion_length 256)
+
+json_text() { $python -c "import json,sys; print(json.dumps(sys.stdin.read()))"; }
+
+job() {  # job NAME MAX_SECONDS COMMAND...: the command's JSON lines wrapped with the job's name, or what it printed
+  local name=$1 limit=$2; shift 2
+  local left=$((budget - SECONDS))
+  if ((left < 20)); then
+    echo "{\"job\": \"$name\", \"skipped\": \"budget spent\"}" | tee -a "$log"; return
+  fi
+  ((limit > left)) && limit=$left
+  local start=$SECONDS out err rc found=0 line
+  out=$(mktemp); err=$(mktemp)
+  timeout "$limit" "$@" >"$out" 2>"$err"
+  rc=$?
+  while IFS= read -r line; do
+    if [[ $line == \{* ]]; then
+      found=1
+      echo "{\"job\": \"$name\", \"seconds\": $((SECONDS - start)), \"result\": $line}" | tee -a "$log"
+    fi
+  done <"$out"
+  if ((rc != 0 || found == 0)); then
+    echo "{\"job\": \"$name\", \"exit\": $rc, \"seconds\": $((SECONDS - start)), \"stdout_tail\": $(tail -c 400 "$out" | json_text), \"stderr_tail\": $(tail -c 800 "$err" | json_text)}" | tee -a "$log"
+  fi
+  rm -f "$out" "$err"
+}
+
+selected() { (($# == 0)) || [[ " $* " == *" $name "* ]]; }
+run_jobs() {  # the jobs named on the command line (all when none), in this order
+  local name
+  name=gpu-tests; selected "$@" && \
+    job $name 90 $python -m pytest -q -m gpu ../tests/test_graph_decode.py -p no:cacheprovider
+  # 2B rollout tokens/s at G = 8 and 64: hf, vcap's eager loop, vcap's CUDA-graph decode; greedy tokens vs hf;
+  # a profile of graph decode steps (GPU busy fraction, top kernels, host syncs per step)
+  name=rollout-2b; selected "$@" && \
+    job $name 170 $python rollout.py --shape qwen2-vl-2b "${geometry[@]}" --num_generations 8 64 \
+      --engines ${VCAP_ROLLOUT_ENGINES:-hf vcap vcap-graph} --check_greedy --profile
+  # 2B GRPO step: repeated layout vs the engine (graph rollouts), and TRL's GRPOTrainer when installed
+  name=step-2b; selected "$@" && \
+    job $name 120 $python grpo_step.py --shape qwen2-vl-2b "${geometry[@]}" ${VCAP_STEP_MODE:---compare} $peer
+  # 7B + LoRA r=64 step (rollouts from merged copies)
+  name=step-7b-lora; selected "$@" && \
+    job $name 100 $python grpo_step.py --shape qwen2-vl-7b --lora "${geometry[@]}" ${VCAP_STEP_MODE:---compare}
+  # the paper's geometry (7B LoRA, 32 frames 364x420, 512 new tokens, gradient checkpointing), engine only
+  name=step-paper; selected "$@" && \
+    job $name 80 $python grpo_step.py --shape paper --gradient_checkpointing --engine
+  # the graph of the inductor-compiled step (its compilation is the warm-up)
+  name=rollout-2b-compiled; selected "$@" && \
+    job $name 150 $python rollout.py --shape qwen2-vl-2b "${geometry[@]}" --num_generations ${VCAP_COMPILED_G:-8 64} \
+      --engines vcap-graph vcap-compiled
+  return 0
+}
+run_jobs "$@"

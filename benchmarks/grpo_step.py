@@ -113,8 +113,10 @@ def make_inputs(args, processor, device, dtype):
     return inputs
 
 
-def run_step(model, opt, inputs, args, tokenizer, engine: bool, counter: WorkCounter) -> dict:
-    """One GRPO step (beta != 0, num_iterations updates); returns per-phase seconds, work and peak memory."""
+def run_step(model, opt, inputs, args, tokenizer, engine, counter: WorkCounter) -> dict:
+    """One GRPO step (beta != 0, num_iterations updates); returns per-phase seconds, work and peak memory.
+    ``engine``: the vcap rollout engine (built once, so its graphs persist across steps), or None for the
+    repeated layout."""
     from vcap.grpo.losses import group_advantages, grpo_loss
     from vcap.grpo.rollout import chunked_logprobs, sample_completions, sequence_logprobs
     from vcap.grpo.vision import encode_videos
@@ -139,7 +141,7 @@ def run_step(model, opt, inputs, args, tokenizer, engine: bool, counter: WorkCou
     torch.manual_seed(0)
     rollout = phase("rollout", lambda: sample_completions(  # min_new_tokens: fixed length, comparable timings
         model, inputs, g, n_new, [tokenizer.eos_token_id], tokenizer.pad_token_id, video_features=features,
-        engine="vcap" if engine else "hf", min_new_tokens=n_new))
+        engine=engine if engine else "hf", **({} if engine else {"min_new_tokens": n_new})))
     n = rollout.completion_ids.shape[0]
     adv = group_advantages(torch.rand(n), g).advantages.to(rollout.completion_ids.device)
     mask = rollout.completion_mask.float()
@@ -176,6 +178,8 @@ def summarize(steps: list[dict]) -> dict:
         rows = [s[name] for s in steps]
         out[name] = {"seconds": round(float(np.mean([r["seconds"] for r in rows])), 3), "vit_rows": rows[0]["vit_rows"],
                      "lm_tokens": rows[0]["lm_tokens"], "peak_memory_gib": rows[0]["peak_memory_gib"]}
+        if "rollout_cuda_graph" in rows[-1]:
+            out[name]["cuda_graph"] = rows[-1]["rollout_cuda_graph"]
     passes = [k for k in out if k == "reference" or k == "old" or k.startswith("policy")]
     out["passes"] = {"seconds": round(sum(out[k]["seconds"] for k in passes), 3),
                      "vit_rows": sum(out[k]["vit_rows"] for k in passes),
@@ -191,6 +195,7 @@ def summarize(steps: list[dict]) -> dict:
 def run(args) -> dict:
     from transformers import GenerationConfig
 
+    from vcap.grpo.engines import build_engine
     from vcap.model.tiny import build_processor, build_tokenizer
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -216,10 +221,17 @@ def run(args) -> dict:
     # SGD: the optimizer is not what is measured, and AdamW state would add 2x trainable memory to both sides
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
     modes = ["repeated", "engine"] if args.compare else ["engine" if args.engine else "repeated"]
+    engine = build_engine({"class_path": "vcap", "init_args": {
+        "sampling": {"min_new_tokens": args.completion_length},  # fixed length: comparable timings
+        "cuda_graph": {"on": True, "off": False}[args.cuda_graph] if args.cuda_graph else None,
+        "compile": args.compile}})
     measured: dict[str, list] = {mode: [] for mode in modes}
     for step in range(args.warmup + args.steps):
         for mode in modes:  # interleaved, so load from other processes hits both sides alike
-            phases = run_step(model, opt, inputs, args, tokenizer, mode == "engine", counter)
+            phases = run_step(model, opt, inputs, args, tokenizer, engine if mode == "engine" else None, counter)
+            if mode == "engine":
+                stats = {f"rollout_{k}": v for k, v in engine.last_stats.items() if k in ("cuda_graph",)}
+                phases["rollout"].update(stats)
             if step >= args.warmup:
                 measured[mode].append(phases)
     results = {mode: summarize(steps) for mode, steps in measured.items()}
@@ -243,8 +255,8 @@ def run(args) -> dict:
 
         args.visual_tokens_measured = report["visual_tokens"]
         report["trl"] = run_trl(model, tokenizer, args)
-        if "engine" in results:
-            report["speedup"]["step_vs_trl"] = round(report["trl"]["step_seconds"] / results["engine"]["step"]["seconds"], 2)
+        if "engine" in results:  # without --compare there is no speedup entry yet
+            report.setdefault("speedup", {})["step_vs_trl"] = round(report["trl"]["step_seconds"] / results["engine"]["step"]["seconds"], 2)
     return report
 
 
@@ -270,6 +282,9 @@ def main():
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (default: 1 on CUDA, 0 on CPU)")
     p.add_argument("--peer", choices=["trl"], default=None, help="also run TRL's GRPOTrainer (needs trl installed)")
+    p.add_argument("--cuda_graph", choices=["on", "off"], default=None,
+                   help="the vcap engine's CUDA-graph decode (default: the engine's default, on with CUDA)")
+    p.add_argument("--compile", action="store_true", help="the vcap engine compiles its decode step (inductor)")
     p.add_argument("--lora", action="store_true")
     p.add_argument("--gradient_checkpointing", action="store_true")
     args = p.parse_args()

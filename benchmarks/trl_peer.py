@@ -14,9 +14,21 @@ import numpy as np
 import torch
 
 
+def peer_dataset(rows: list[dict]):
+    """The rows as a ``datasets.Dataset`` under a fixed fingerprint: hashing the Arrow table to make one fails with
+    datasets 5.2 and pyarrow >= 24 (``PicklingError: Can't pickle <class 'MonthDayNano'>``), and nothing here
+    is cached, so the fingerprint needs no content hash."""
+    from datasets import Dataset, DatasetInfo, Features, Image, List, Value
+    from datasets.table import InMemoryTable
+
+    features = Features({"prompt": List({"role": Value("string"), "content": Value("string")}), "image": Image()})
+    columns = features.encode_batch({name: [row[name] for row in rows] for name in features})
+    table = InMemoryTable.from_pydict(columns, schema=features.arrow_schema)
+    return Dataset(table, info=DatasetInfo(features=features), fingerprint="vcap-trl-peer")
+
+
 def run_trl(model, tokenizer, args) -> dict:
     import trl
-    from datasets import Dataset
     from PIL import Image
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -56,7 +68,7 @@ def run_trl(model, tokenizer, args) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [float(len(str(c))) for c in completions],
-                          args=config, train_dataset=Dataset.from_list(rows), processing_class=processor,
+                          args=config, train_dataset=peer_dataset(rows), processing_class=processor,
                           callbacks=[StepTimer()])
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout carries only the JSON
         trainer.train()

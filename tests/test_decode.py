@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tests.video_batches import prompt_batch
-from vcap.grpo.decode import next_token_scores, prefill_once_generate, sample_tokens
+from vcap.grpo.decode import (DecodeState, Sampling, choose_tokens, draw_noise, prefill_once_generate,
+                              processed_scores)
 from vcap.grpo.rollout import completion_mask, sample_completions, vision_token_ids
 from vcap.grpo.vision import encode_videos
 from vcap.model.loading import load_policy, load_processor
@@ -35,8 +36,14 @@ def test_greedy_equals_hf_generate_token_for_token(setup, with_features):
 
 
 def reference_sampler(model, prompts, num_generations, max_new_tokens, eos, pad, temperature, top_p, min_new_tokens,
-                      generator):
-    """No cache, no shared prefill: the whole repeated sequence through the model for every new token."""
+                      repetition_penalty, generator):
+    """No cache, no shared prefill, HF's own logits processors: the whole repeated sequence through the model for
+    every new token. A sample is argmax(softmax / E) with E ~ Exp(1) drawn per step over (rows, vocab), the draw
+    the engine documents, so a seeded generator gives both the same tokens."""
+    from transformers.generation.logits_process import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
+                                                        RepetitionPenaltyLogitsProcessor, SuppressTokensLogitsProcessor,
+                                                        TemperatureLogitsWarper, TopPLogitsWarper)
+
     g = num_generations
     ids = prompts["input_ids"].repeat_interleave(g, 0)
     mask = prompts["attention_mask"].repeat_interleave(g, 0)
@@ -44,14 +51,19 @@ def reference_sampler(model, prompts, num_generations, max_new_tokens, eos, pad,
     rows = prompts["video_grid_thw"].prod(-1).tolist()
     pixels = torch.cat([c for c in prompts["pixel_values_videos"].split(rows) for _ in range(g)])
     grid = prompts["video_grid_thw"].repeat_interleave(g, 0)
+    processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(repetition_penalty),
+                                      MinNewTokensLengthLogitsProcessor(ids.shape[1], min_new_tokens, eos),
+                                      SuppressTokensLogitsProcessor(vision_token_ids(model)),
+                                      TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)])
     finished = torch.zeros(len(ids), dtype=torch.bool)
     out = []
     for step in range(max_new_tokens):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=types, pixel_values_videos=pixels,
                            video_grid_thw=grid, use_cache=False, logits_to_keep=1).logits[:, -1]
-        scores = next_token_scores(logits, step, eos, vision_token_ids(model), min_new_tokens)
-        token = sample_tokens(scores, temperature, top_p, True, generator).masked_fill(finished, pad)
+        scores = processors(ids, logits.float())
+        noise = torch.empty_like(scores).exponential_(generator=generator)
+        token = (scores.softmax(-1) / noise).argmax(-1).masked_fill(finished, pad)
         out.append(token)
         finished |= torch.isin(token, torch.tensor(eos))
         if finished.all():
@@ -62,17 +74,58 @@ def reference_sampler(model, prompts, num_generations, max_new_tokens, eos, pad,
     return torch.stack(out, 1)
 
 
-def test_seeded_sampling_equals_a_no_cache_reference_sampler(setup):
+@pytest.mark.parametrize("temperature, top_p, min_new_tokens, penalty", [(0.7, 0.9, 3, 1.3), (1.3, 1.0, 0, 1.0)])
+def test_seeded_sampling_equals_a_no_cache_reference_with_hf_processors(setup, temperature, top_p, min_new_tokens,
+                                                                       penalty):
     model, tok, prompts = setup
     args = (model, prompts, 2, 12, [tok.eos_token_id], tok.pad_token_id)
-    expected = reference_sampler(*args, 0.7, 0.9, 3, torch.Generator().manual_seed(5))
+    expected = reference_sampler(*args, temperature, top_p, min_new_tokens, penalty, torch.Generator().manual_seed(5))
     features = encode_videos(model, prompts)
-    ours = prefill_once_generate(*args, temperature=0.7, top_p=0.9, video_features=features,
-                                 suppress_tokens=vision_token_ids(model), min_new_tokens=3,
-                                 generator=torch.Generator().manual_seed(5))
+    ours = prefill_once_generate(*args, temperature=temperature, top_p=top_p, video_features=features,
+                                 suppress_tokens=vision_token_ids(model), min_new_tokens=min_new_tokens,
+                                 repetition_penalty=penalty, generator=torch.Generator().manual_seed(5))
     assert torch.equal(ours, expected)
     # the copies of a prompt are independent samples, not one sample repeated
     assert any(len(set(map(tuple, group.tolist()))) == 2 for group in ours.view(3, 2, -1))
+
+
+def test_processed_scores_equal_hf_processors_at_non_default_settings():
+    """Scores after penalty, suppression, minimum length, temperature and top-p, against HF's processors on
+    random logits (before and after the minimum length, with negative and positive scores penalized)."""
+    from transformers.generation.logits_process import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
+                                                        RepetitionPenaltyLogitsProcessor, SuppressTokensLogitsProcessor,
+                                                        TemperatureLogitsWarper, TopPLogitsWarper)
+
+    gen = torch.Generator().manual_seed(0)
+    rows, vocab, prompt_len, eos, never = 5, 40, 6, [3, 7], [11, 12]
+    history = torch.randint(0, vocab, (rows, prompt_len + 4), generator=gen)
+    logits = torch.randn(rows, vocab, generator=gen) * 3
+    for chosen in (2, 4):  # tokens chosen so far: below and at min_new_tokens
+        sampling = Sampling(True, 0.6, 0.8, 4, 1.7, pad_token_id=0)
+        state = DecodeState.allocate(rows, 16, vocab, sampling, never, eos, torch.device("cpu"))
+        ids = history[:, :prompt_len + chosen]
+        state.seen.scatter_(1, ids, True)
+        state.step.fill_(chosen)
+        hf = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.7),
+                                  MinNewTokensLengthLogitsProcessor(prompt_len, 4, eos),
+                                  SuppressTokensLogitsProcessor(never), TemperatureLogitsWarper(0.6),
+                                  TopPLogitsWarper(0.8)])(ids, logits.clone())
+        ours = processed_scores(logits, state, sampling)
+        assert torch.equal(torch.isinf(ours), torch.isinf(hf))
+        assert torch.allclose(ours[~torch.isinf(ours)], hf[~torch.isinf(hf)], atol=1e-6)
+        assert torch.isinf(ours[:, eos]).all() == (chosen < 4)  # EOS banned only before the minimum length
+        assert (torch.isinf(ours).sum(1) > len(never)).all()  # top-p removed tokens
+
+
+def test_exponential_draws_sample_the_softmax():
+    """argmax(p / E), E ~ Exp(1), picks token i with probability p_i (chi-square over 20,000 draws)."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    sampling = Sampling(True, 1.0, 1.0, 0, 1.0, 0)
+    state = DecodeState.allocate(20000, 4, 4, sampling, [], [], torch.device("cpu"))
+    draw_noise(state, torch.Generator().manual_seed(1))
+    counts = torch.bincount(choose_tokens(probs.log().expand(20000, 4), state, sampling), minlength=4).float()
+    expected = probs * 20000
+    assert ((counts - expected) ** 2 / expected).sum() < 16.3  # chi-square, 3 dof, p = 0.001
 
 
 def test_eos_masking_early_stop_min_length_and_budget(setup):
@@ -94,9 +147,13 @@ def test_eos_masking_early_stop_min_length_and_budget(setup):
 
 def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     scores = torch.tensor([[0.5, 0.3, 0.2]]).log().repeat(400, 1)
-    drawn = sample_tokens(scores, top_p=0.6, generator=torch.Generator().manual_seed(0))
+    sampling = Sampling(True, 1.0, 0.6, 0, 1.0, 0)
+    state = DecodeState.allocate(400, 4, 3, sampling, [], [], torch.device("cpu"))
+    draw_noise(state, torch.Generator().manual_seed(0))
+    drawn = choose_tokens(processed_scores(scores, state, sampling), state, sampling)
     assert set(drawn.tolist()) == {0, 1}  # 0.5 alone is short of 0.6; 0.5 + 0.3 reaches it
-    assert sample_tokens(scores[:1], do_sample=False).item() == 0
+    greedy = Sampling(False)
+    assert choose_tokens(processed_scores(scores[:1], state, greedy), state, greedy).item() == 0
 
 
 def test_unknown_engine_and_unsupported_options_are_clear_errors(setup):
@@ -118,9 +175,9 @@ def test_repetition_penalty_equals_hf_generate(setup):
 
 
 def test_compiled_bucketed_decode_equals_the_plain_loop_and_compiles_once_per_bucket(setup):
-    """The CUDA path (compiled decode step, cache length and prompt count padded to buckets) on CPU with a
-    tracing-only backend: the same tokens as the plain loop, and a second batch with another prompt length in the
-    same buckets compiles nothing new."""
+    """The compiled path (the whole decode step through torch.compile with fullgraph=True, cache length and prompt
+    count padded to buckets) on CPU with a tracing-only backend: the same tokens as the plain loop, and a second
+    batch with another prompt length in the same buckets compiles nothing new."""
     from tests.video_batches import UNEQUAL
     from vcap.grpo.engines import VcapEngine
 
@@ -131,7 +188,8 @@ def test_compiled_bucketed_decode_equals_the_plain_loop_and_compiles_once_per_bu
         graphs.append(graph)
         return graph.forward
 
-    engine = VcapEngine(compile=True, compile_backend=counting_backend, length_bucket=256, batch_buckets=[4])
+    engine = VcapEngine(cuda_graph=False, compile=True, compile_backend=counting_backend, length_bucket=256,
+                        batch_buckets=[4])
     second = prompt_batch(load_processor(SFT), UNEQUAL[::2], seed=3)
     assert second["input_ids"].shape[1] != prompts["input_ids"].shape[1]
     for batch in (prompts, second):

@@ -21,6 +21,8 @@ def test_full_finetune_fp32_masters_hand_numbers():
     assert parts["activations"] == 1000 * (8 * 1000 + 4 * 4000) * 2 * 10  # 1000 tokens, 10 layers, bf16
     assert parts["logits"] == 100 * 10_000 * 10
     assert parts["kv_cache"] == 4 * 1000 * 10 * 2 * 2 * 100 * 2
+    assert parts["decode_buffers"] == 4 * 10_000 * 12  # fp32 logits, scores, Exp(1) draws per row
+    assert parts["rollout_lora_copy"] == 0  # full fine-tuning decodes from the weights themselves
 
 
 def test_sharding_lora_qlora_and_checkpointing_hand_numbers():
@@ -29,8 +31,12 @@ def test_sharding_lora_qlora_and_checkpointing_hand_numbers():
     lora = estimate_memory(SIZE, TrainingPlan(weight_dtype="bfloat16", peft_rank=64)).parts
     assert lora["weights"] == 2e9 and lora["grads"] == 64e6 * 4 and lora["optimizer"] == 64e6 * 8
     assert lora["reference"] == 0  # adapters off, no second copy
+    assert lora["rollout_lora_copy"] == 6e8 * 2  # merged copies of the adapted bf16 linears
+    no_merge = estimate_memory(SIZE, TrainingPlan(weight_dtype="bfloat16", peft_rank=64, merge_lora=False)).parts
+    assert no_merge["rollout_lora_copy"] == 0
     qlora = estimate_memory(SIZE, TrainingPlan(peft_rank=64, load_in_4bit=True)).parts
     assert qlora["weights"] == pytest.approx(6e8 * (0.5 + 1 / 64) + 4e8 * 2)
+    assert qlora["rollout_lora_copy"] == 0  # 4-bit bases keep the adapters
     ckpt = estimate_memory(SIZE, TrainingPlan(gradient_checkpointing=True, micro_batch_size=1, prompt_tokens=900,
                                               completion_tokens=100)).parts
     assert ckpt["activations"] == 1000 * 1000 * 2 * 10 + 1000 * (8 * 1000 + 4 * 4000) * 2
@@ -43,7 +49,8 @@ def test_options_that_fit_name_the_cheaper_setups():
     plan = TrainingPlan(weight_dtype="float32", micro_batch_size=1, prompt_tokens=900, completion_tokens=100,
                         rollout_sequences=4)
     full = estimate_memory(SIZE, plan).total
-    assert full == pytest.approx(18.8e9 + 6.8e7 + 1e7 + 3.2e7)  # 4 + 3.6 + 7.2 + 4 GB + activations, logits, KV
+    # 4 + 3.6 + 7.2 + 4 GB + activations, logits, KV, decode buffers
+    assert full == pytest.approx(18.8e9 + 6.8e7 + 1e7 + 3.2e7 + 4.8e5)
     fits = options_that_fit(SIZE, plan, capacity=8 * GiB)
     assert "LoRA r=64 (configs/grpo.yaml)" in fits and "QLoRA r=64 (configs/qlora.yaml)" in fits
     assert [f for f in fits if f.startswith("FSDP")] == ["FSDP over 4 GPUs (configs/grpo_fsdp.yaml)"]

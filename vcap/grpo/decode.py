@@ -1,14 +1,23 @@
-"""``engine: vcap`` rollouts: each prompt prefilled once, its KV cache expanded to G, a static-cache decode loop.
+"""``engine: vcap`` rollouts: each prompt prefilled once, its KV cache copied to its G rows, then a decode loop.
 
 ``generate(num_return_sequences=G)`` copies each prompt G times before the prefill, so the language model reads
-every video prompt G times. Here the B prompts are prefilled once (with the once-encoded video features), the
-static cache's key/value rows are repeated G times, and the B x G sequences decode one token per step until all
-have produced an EOS or the budget is spent. Sampling follows HF's order: suppressed tokens and the minimum
-length first, then temperature and nucleus (top-p) filtering.
+every video prompt G times. Here the B prompts are prefilled once (with the once-encoded video features), their
+keys and values are copied into the G rows of a static cache, and the B x G sequences decode one token per step.
+
+One decode step (``decode_step``) is a function of tensors that it updates in place (``DecodeState`` and the static
+cache): the forward on the cache, the logits processing, the choice of the next token and the bookkeeping. It has
+no host sync and builds no tensor from Python data, so ``vcap.grpo.graphs`` can capture it as a CUDA graph and
+replay it; everywhere else, and as the graph's slow twin, the same function runs eagerly. The random draw of a
+sampled step (``draw_noise``) sits outside ``decode_step`` because ``torch.compile`` cannot take a generator.
+
+Sampling follows HF ``generate``'s order: repetition penalty, suppressed tokens and the minimum length, then
+temperature and nucleus (top-p) filtering; a sample is argmax(p / E) with E ~ Exp(1) per token, which draws from p
+(the construction ``torch.multinomial`` itself uses for one sample) without a host sync.
 """
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from transformers import StaticCache
@@ -17,56 +26,199 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 from vcap.grpo.prefix import prompt_positions
 from vcap.grpo.vision import select_features
 
-
 # transformers renamed forward's past_key_values to cache (5.2x); vLLM 0.32's CPU build brings 5.19
 CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen2VLModel.forward).parameters else "past_key_values"
+TINY = torch.finfo(torch.float32).tiny
 
 
-def next_token_scores(logits: torch.Tensor, step: int, eos_token_ids: list[int], suppress_tokens: list[int] | None,
-                      min_new_tokens: int = 0, repetition_penalty: float = 1.0,
-                      seen: torch.Tensor | None = None) -> torch.Tensor:
-    """fp32 scores with suppressed tokens (and EOS before ``min_new_tokens``) at -inf; with a
-    ``repetition_penalty`` != 1, the scores of every token marked in ``seen`` (a (rows, vocab) bool mask of the
-    prompt and completion so far, padding included, as HF) are divided by it when positive and multiplied by it
-    when negative."""
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen; constant through a rollout (a CUDA graph bakes these values in)."""
+
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    min_new_tokens: int = 0
+    repetition_penalty: float = 1.0
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+
+
+@dataclass
+class DecodeState:
+    """The decode loop's tensors, all updated in place, so their addresses never change (a CUDA graph reads and
+    writes the addresses it was captured with). n rows = prompts x G, L = the static cache's length."""
+
+    token: torch.Tensor  # (n,) the last chosen token: the next forward's input
+    position: torch.Tensor  # (3, n, 1) its mrope position on each axis
+    attention: torch.Tensor  # (n, L) 1 where the cache slot holds a real token
+    column: torch.Tensor  # (n, 1) the cache slot of the next chosen token
+    step: torch.Tensor  # () tokens chosen so far
+    finished: torch.Tensor  # (n,) the row has chosen an EOS
+    completions: torch.Tensor  # (n, L) the chosen tokens in order, pad after a row's EOS
+    never: torch.Tensor  # (V,) tokens never chosen (vision placeholders)
+    eos: torch.Tensor  # (V,) EOS tokens
+    seen: torch.Tensor | None  # (n, V) tokens of the prompt and completion so far (repetition penalty only)
+    noise: torch.Tensor | None  # (n, V) fp32 Exp(1) draws of this step (sampling only)
+
+    @classmethod
+    def allocate(cls, rows: int, cache_len: int, vocab: int, sampling: Sampling, never: list[int],
+                 eos: list[int], device: torch.device) -> DecodeState:
+        def vocab_mask(ids: list[int]) -> torch.Tensor:
+            mask = torch.zeros(vocab, dtype=torch.bool)
+            mask[[i for i in ids if 0 <= i < vocab]] = True
+            return mask.to(device)
+
+        long = dict(dtype=torch.long, device=device)
+        return cls(token=torch.zeros(rows, **long), position=torch.zeros(3, rows, 1, **long),
+                   attention=torch.zeros(rows, cache_len, **long), column=torch.zeros(rows, 1, **long),
+                   step=torch.zeros((), **long), finished=torch.zeros(rows, dtype=torch.bool, device=device),
+                   completions=torch.zeros(rows, cache_len, **long), never=vocab_mask(never), eos=vocab_mask(eos),
+                   seen=(torch.zeros(rows, vocab, dtype=torch.bool, device=device)
+                         if sampling.repetition_penalty != 1.0 else None),
+                   noise=torch.ones(rows, vocab, device=device) if sampling.do_sample else None)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in vars(self).values() if isinstance(t, torch.Tensor)]
+
+
+def processed_scores(logits: torch.Tensor, state: DecodeState, sampling: Sampling) -> torch.Tensor:
+    """fp32 scores of the next token after HF's processors: repetition penalty (scores of tokens in ``seen``
+    divided by it when positive, multiplied when negative), suppressed tokens and EOS before ``min_new_tokens`` at
+    -inf, then (sampling) temperature and top-p: tokens outside the smallest set with mass >= top_p at -inf."""
     scores = logits.float()
-    if repetition_penalty != 1.0:
-        penalized = torch.where(scores < 0, scores * repetition_penalty, scores / repetition_penalty)
-        scores = torch.where(seen, penalized, scores)
-    banned = list(suppress_tokens or []) + (list(eos_token_ids) if step < min_new_tokens else [])
-    if banned:
-        scores[:, banned] = float("-inf")
+    if sampling.repetition_penalty != 1.0:
+        penalty = sampling.repetition_penalty
+        scores = torch.where(state.seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
+    banned = state.never
+    if sampling.min_new_tokens > 0:  # a device comparison: the step count never reaches the host
+        banned = banned | (state.eos & (state.step < sampling.min_new_tokens))
+    scores = scores.masked_fill(banned, float("-inf"))
+    if not sampling.do_sample:
+        return scores
+    scores = scores / sampling.temperature
+    if sampling.top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        outside = (probs.cumsum(dim=-1) - probs) > sampling.top_p  # the mass before this token already reaches top_p
+        outside[:, 0].fill_(False)  # the most likely token always stays (fill_: no tensor from Python data)
+        scores = scores.scatter(1, order, sorted_scores.masked_fill(outside, float("-inf")))
     return scores
 
 
-def sample_tokens(scores: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy argmax, or a draw from softmax(scores / T) restricted to the smallest set with mass >= top_p."""
-    if not do_sample:
+def choose_tokens(scores: torch.Tensor, state: DecodeState, sampling: Sampling) -> torch.Tensor:
+    """Greedy argmax, or argmax(softmax(scores) / E) with this step's Exp(1) draws E (a draw from the softmax)."""
+    if not sampling.do_sample:
         return scores.argmax(dim=-1)
-    scores = scores / temperature
-    if top_p < 1.0:
-        sorted_scores, order = scores.sort(dim=-1, descending=True)
-        probs = sorted_scores.softmax(dim=-1)
-        outside = probs.cumsum(dim=-1) - probs > top_p  # mass before this token already reaches top_p
-        outside[:, 0] = False
-        scores = scores.scatter(1, order, sorted_scores.masked_fill(outside, float("-inf")))
-    return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+    return (scores.softmax(dim=-1) / state.noise.clamp(min=TINY)).argmax(dim=-1)
 
 
-def expand_cache(cache: StaticCache, repeats: int) -> None:
-    """Each prompt's cached keys/values repeated ``repeats`` times in place (a a b b), as the rollout layout."""
-    for layer in cache.layers:
-        layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
-        layer.values = layer.values.repeat_interleave(repeats, dim=0)
-        layer.batch_size = layer.keys.shape[0]
+def record(state: DecodeState, token: torch.Tensor, sampling: Sampling) -> None:
+    """Append the chosen tokens (pad for rows that already ended) and open their cache slot for the next step."""
+    token = token.masked_fill(state.finished, sampling.pad_token_id)
+    state.completions.index_copy_(1, state.step.view(1), token.unsqueeze(1))
+    state.token.copy_(token)
+    state.finished |= state.eos[token]
+    if state.seen is not None:
+        state.seen.scatter_(1, token.unsqueeze(1), True)
+    state.attention.scatter_(1, state.column, 1)
+    state.column += 1
+    state.step += 1
+
+
+def choose_and_record(logits: torch.Tensor, state: DecodeState, sampling: Sampling) -> None:
+    record(state, choose_tokens(processed_scores(logits, state, sampling), state, sampling), sampling)
 
 
 def forward_step(model, token: torch.Tensor, attention: torch.Tensor, position: torch.Tensor,
                  cache: StaticCache) -> torch.Tensor:
-    """One decode step: the next-token logits of every sequence (the function ``engine: vcap`` compiles)."""
+    """The next-token logits of every row, given each row's last token, on the static cache."""
     return model(input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=position,
                  **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+
+def decode_step(model, state: DecodeState, cache: StaticCache, sampling: Sampling) -> None:
+    """One decode step, in place: what a CUDA graph captures and ``torch.compile`` may fuse."""
+    logits = forward_step(model, state.token, state.attention, state.position, cache)
+    state.position += 1
+    choose_and_record(logits, state, sampling)
+
+
+def draw_noise(state: DecodeState, generator: torch.Generator | None = None) -> None:
+    """This step's Exp(1) draws, in place (sampling only)."""
+    if state.noise is not None:
+        state.noise.exponential_(generator=generator)
+
+
+def output_length(state: DecodeState) -> int:
+    """Columns of ``completions`` to return: up to the last row's EOS, or every step taken if a row never ended
+    (steps after every row ended, taken between two stop checks, add only padding). One host sync."""
+    steps = int(state.step)
+    is_eos = state.eos[state.completions[:, :steps]]
+    if steps == 0 or not bool(state.finished.all()):
+        return steps
+    return int(is_eos.int().argmax(dim=1).max()) + 1
+
+
+# -- the prompts: prefill once, fill the G rows of the static cache -------------------------------------------
+def prefill(model, inputs: dict[str, torch.Tensor], video_features=None):
+    """Each prompt once: its next-token logits (B, V), its keys/values (a dynamic cache), its mrope positions."""
+    batch = inputs["input_ids"].shape[0]
+    positions = prompt_positions(model, inputs, 0, batch - 1)
+    args = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], position_ids=positions)
+    if video_features is not None:
+        args["mm_encoder_outputs"] = {"video": select_features(video_features, range(batch))}
+    elif "pixel_values_videos" in inputs:
+        args.update(pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"])
+    out = model(**args, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out[CACHE_KWARG], positions  # the output's cache field is named like the kwarg
+
+
+def static_cache_like(model, prompt_cache, rows: int, cache_len: int) -> StaticCache:
+    """A static cache of ``rows`` x ``cache_len`` with the prefill's dtype, heads and head size, allocated now."""
+    cache = StaticCache(config=model.config, max_cache_len=cache_len)
+    layers = prompt_cache.layers
+    cache.early_initialization(batch_size=rows, num_heads=[layer.keys.shape[1] for layer in layers],
+                               head_dim=[layer.keys.shape[-1] for layer in layers], dtype=layers[0].keys.dtype,
+                               device=layers[0].keys.device)
+    return cache
+
+
+def load_prompts(state: DecodeState, cache: StaticCache, prompt_cache, logits: torch.Tensor,
+                 positions: torch.Tensor, inputs: dict[str, torch.Tensor], num_generations: int,
+                 sampling: Sampling, generator: torch.Generator | None = None) -> None:
+    """Reset ``state`` and ``cache`` in place for a new rollout, each prompt's keys/values in its G rows, and
+    choose the first token of every row from the prefill's logits."""
+    g = num_generations
+    batch, prompt_len = inputs["input_ids"].shape
+    for static, prompt in zip(cache.layers, prompt_cache.layers):
+        for dst, src in ((static.keys, prompt.keys), (static.values, prompt.values)):
+            rows = dst.view(batch, g, *dst.shape[1:])
+            rows[..., :prompt_len, :].copy_(src.unsqueeze(1))
+            rows[..., prompt_len:, :].zero_()  # stale slots stay finite: masked, they must add exactly 0
+        static.cumulative_length.fill_(prompt_len)
+    mask = inputs["attention_mask"].repeat_interleave(g, dim=0)
+    state.attention.zero_()
+    state.attention[:, :prompt_len].copy_(mask)
+    state.position.copy_((positions[:, :, -1:] + 1).repeat_interleave(g, dim=1))  # right after the prompt
+    state.column.fill_(prompt_len)
+    state.step.zero_()
+    state.finished.zero_()
+    state.completions.zero_()
+    if state.seen is not None:
+        state.seen.zero_()
+        state.seen.scatter_(1, inputs["input_ids"].repeat_interleave(g, dim=0), True)  # padding too, as HF
+    draw_noise(state, generator)
+    choose_and_record(logits.repeat_interleave(g, dim=0), state, sampling)
 
 
 @torch.no_grad()
@@ -74,49 +226,14 @@ def prefill_once_generate(model, inputs: dict[str, torch.Tensor], num_generation
                           eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
                           do_sample: bool = True, video_features=None, suppress_tokens: list[int] | None = None,
                           min_new_tokens: int = 0, generator: torch.Generator | None = None,
-                          repetition_penalty: float = 1.0, decode_step=forward_step,
-                          cache_len: int | None = None) -> torch.Tensor:
-    """(B x G, T) completion ids, group by group, pad after each EOS; T <= max_new_tokens (stops when all end).
+                          repetition_penalty: float = 1.0, cache_len: int | None = None,
+                          stop_check_interval: int = 1) -> torch.Tensor:
+    """(B x G, T) completion ids, group by group, pad after each EOS; T <= max_new_tokens. The eager loop, with
+    buffers of its own (``vcap.grpo.graphs.DecodeRunner`` keeps them across rollouts and can replay a graph)."""
+    from vcap.grpo.graphs import DecodeRunner
 
-    ``decode_step`` runs each decode step (``forward_step`` or a compiled copy); ``cache_len`` (>= prompt +
-    budget) sizes the static cache and attention mask, so prompts of different lengths can share one shape."""
-    batch, prompt_len = inputs["input_ids"].shape
-    n = batch * num_generations
-    device = inputs["input_ids"].device
-    cache_len = max(cache_len or 0, prompt_len + max_new_tokens)
-    cache = StaticCache(config=model.config, max_cache_len=cache_len)
-    positions = prompt_positions(model, inputs, 0, batch - 1)
-    prefill = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], position_ids=positions)
-    if video_features is not None:
-        prefill["mm_encoder_outputs"] = {"video": select_features(video_features, range(batch))}
-    elif "pixel_values_videos" in inputs:
-        prefill.update(pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"])
-    logits = model(**prefill, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
-    logits = logits.repeat_interleave(num_generations, dim=0)
-    expand_cache(cache, num_generations)
-
-    # every completion continues right after its prompt, on all three mrope axes
-    next_pos = (positions[:, :, -1:] + 1).repeat_interleave(num_generations, dim=1)
-    attention = torch.zeros(n, cache_len, dtype=torch.long, device=device)  # unused columns stay masked
-    attention[:, :prompt_len] = inputs["attention_mask"].repeat_interleave(num_generations, dim=0)
-    eos = torch.tensor(eos_token_ids, device=device)
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
-    tokens = []
-    seen = None  # a mask, not the growing id history: each step costs O(vocab), not O(prompt + completion)
-    if repetition_penalty != 1.0:
-        seen = torch.zeros(n, logits.shape[-1], dtype=torch.bool, device=device)
-        seen.scatter_(1, inputs["input_ids"].repeat_interleave(num_generations, dim=0), True)
-    for step in range(max_new_tokens):
-        scores = next_token_scores(logits, step, eos_token_ids, suppress_tokens, min_new_tokens, repetition_penalty,
-                                   seen)
-        token = sample_tokens(scores, temperature, top_p, do_sample, generator)
-        token = token.masked_fill(finished, pad_token_id)
-        tokens.append(token)
-        finished |= torch.isin(token, eos)
-        if seen is not None:
-            seen.scatter_(1, token.unsqueeze(1), True)
-        if step == max_new_tokens - 1 or bool(finished.all()):
-            break
-        attention[:, prompt_len + step] = 1
-        logits = decode_step(model, token, attention, next_pos + step, cache)
-    return torch.stack(tokens, dim=1)
+    sampling = Sampling(do_sample, temperature, top_p, min_new_tokens, repetition_penalty, pad_token_id)
+    runner = DecodeRunner(cuda_graph=False)
+    return runner.generate(model, inputs, num_generations, max_new_tokens, eos_token_ids, sampling,
+                           video_features=video_features, suppress_tokens=suppress_tokens, generator=generator,
+                           cache_len=cache_len, stop_check_interval=stop_check_interval)

@@ -13,6 +13,8 @@ placeholder tokens; ``sampling`` passes extra options (HF ``generate`` names, e.
 from __future__ import annotations
 
 import inspect
+import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ class RolloutEngine:
 
     def __init__(self, sampling: dict[str, Any] | None = None):
         self.sampling = dict(sampling or {})
+        self.last_stats: dict[str, float] = {}  # of the latest rollout, logged as rollout/<name>
         if self.supported_sampling is not None:
             unsupported = sorted(set(self.sampling) - self.supported_sampling)
             if unsupported:
@@ -51,6 +54,7 @@ class RolloutEngine:
         ``context`` carries what only some engines use (``processor``, ``weights_version``)."""
         was_training = model.training
         model.eval()
+        start = time.perf_counter()
         try:
             with full_parameters_for_generation(model):
                 ids = self.completion_ids(model, inputs, num_generations, max_new_tokens, eos_token_ids,
@@ -58,6 +62,8 @@ class RolloutEngine:
         finally:
             model.train(was_training)
         mask = completion_mask(ids, eos_token_ids)
+        tokens, seconds = int(mask.sum()), time.perf_counter() - start  # the sum waits for the device
+        self.last_stats = {**self.last_stats, "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
         return Rollout(inputs, num_generations, ids.masked_fill(mask == 0, pad_token_id), mask, video_features)
 
     def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
@@ -108,68 +114,98 @@ class HFEngine(RolloutEngine):
 
 @ENGINES.register("vcap")
 class VcapEngine(RolloutEngine):
-    """Each prompt prefilled once (video features encoded once), its static KV cache repeated G times, then a
-    decode loop that stops when every completion has ended.
+    """Each prompt prefilled once (video features encoded once), its keys/values copied to G rows of a static
+    cache, then a decode loop that stops when every completion has ended (``vcap.grpo.decode``).
 
     Args:
         sampling: extra options: ``min_new_tokens``, ``repetition_penalty`` (as HF ``generate``).
-        compile: compile the decode step with torch.compile (null: on CUDA only; off by default until the CUDA
-            path has been measured on a GPU). Shapes are bucketed so a run compiles once per bucket (the first
-            rollout of each bucket is the warm-up), not once per step.
-        compile_mode: torch.compile mode; 'reduce-overhead' replays the step as a CUDA graph.
+        cuda_graph: replay each decode step as a CUDA graph, captured once per shape bucket (null: on CUDA). A
+            failed capture says why in one warning and that bucket runs eagerly (``rollout/cuda_graph`` 0).
+        compile: fuse the decode step with ``torch.compile`` (inductor; captured in the graph when ``cuda_graph``).
+        compile_mode: torch.compile mode (null: inductor's default; 'reduce-overhead' is refused with cuda_graph,
+            which captures graphs itself).
         compile_backend: torch.compile backend ('inductor'; 'eager' / 'aot_eager' trace only, for tests).
-        length_bucket: the static cache (prompt + budget) is padded up to a multiple of this many tokens.
-        batch_buckets: the prompt count is padded up to the smallest of these (copies of the last prompt,
-            dropped afterwards); larger batches run as they are.
+        length_bucket: with cuda_graph or compile, the static cache (prompt + budget) is padded up to a multiple of
+            this many tokens, so prompts of other lengths reuse a graph.
+        batch_buckets: with cuda_graph or compile, the prompt count is padded up to the smallest of these (copies
+            of the last prompt, dropped afterwards); larger batches run as they are.
+        stop_check_interval: steps between checks whether every row has ended, the loop's only host sync (null:
+            8 on CUDA, 1 elsewhere); rows that ended only add padding meanwhile.
+        merge_lora: decode a LoRA policy from merged copies of its adapted weights (null: yes, except for 4-bit,
+            sharded or DoRA layers, which keep the adapters); the reference stays the untouched base.
     """
 
     supported_sampling = frozenset({"min_new_tokens", "repetition_penalty"})
 
-    def __init__(self, sampling: dict[str, Any] | None = None, compile: bool | None = False,
-                 compile_mode: str | None = "reduce-overhead", compile_backend: str = "inductor",
-                 length_bucket: int = 256, batch_buckets: list[int] | None = None):
+    def __init__(self, sampling: dict[str, Any] | None = None, cuda_graph: bool | None = None, compile: bool = False,
+                 compile_mode: str | None = None, compile_backend: Any = "inductor", length_bucket: int = 256,
+                 batch_buckets: list[int] | None = None, stop_check_interval: int | None = None,
+                 merge_lora: bool | None = None):
         super().__init__(sampling)
         if length_bucket < 1:
             raise ValueError("length_bucket must be >= 1")
+        if stop_check_interval is not None and stop_check_interval < 1:
+            raise ValueError("stop_check_interval must be >= 1 (or null: 8 on CUDA, 1 elsewhere)")
+        if compile_mode == "reduce-overhead" and cuda_graph is not False:
+            raise ValueError("compile_mode 'reduce-overhead' makes CUDA graphs of its own; vcap captures the decode "
+                             "step itself (cuda_graph): leave compile_mode null, or set cuda_graph: false")
+        if batch_buckets is not None and (not batch_buckets or min(batch_buckets) < 1):
+            raise ValueError("batch_buckets must be a list of prompt counts >= 1")
+        self.cuda_graph = cuda_graph
         self.compile = compile
         self.compile_mode = compile_mode
         self.compile_backend = compile_backend
         self.length_bucket = length_bucket
         self.batch_buckets = sorted(batch_buckets or [1, 2, 4, 8, 16, 32, 64])
-        self._step = None
+        self.stop_check_interval = stop_check_interval
+        self.merge_lora = merge_lora
+        self._runner = None
+        self._weights = None
 
-    def __getstate__(self):  # a compiled function does not copy; it is rebuilt on first use
-        return {**self.__dict__, "_step": None}
+    def __getstate__(self):  # graphs, buffers and compiled functions do not copy; they are rebuilt on first use
+        return {**self.__dict__, "_runner": None, "_weights": None}
 
-    def compiled(self, device: torch.device) -> bool:
-        return device.type == "cuda" if self.compile is None else self.compile
+    def graphs_on(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.cuda_graph is None else bool(self.cuda_graph) and device.type == "cuda"
 
-    def decode_step(self):
-        from vcap.grpo.decode import forward_step
+    def runner(self, device: torch.device):
+        from vcap.grpo.decode import decode_step
+        from vcap.grpo.graphs import DecodeRunner
 
-        if self._step is None:
-            options = {"mode": self.compile_mode} if self.compile_backend == "inductor" else {}
-            compiled = torch.compile(forward_step, backend=self.compile_backend, dynamic=False, **options)
-            # a CUDA-graph replay reuses its output buffer: copy the logits out before the next step
-            self._step = lambda *args: compiled(*args).clone()
-        return self._step
+        if self._runner is None:
+            step = decode_step
+            if self.compile:
+                options = {"mode": self.compile_mode} if self.compile_mode and self.compile_backend == "inductor" else {}
+                step = torch.compile(decode_step, backend=self.compile_backend, dynamic=False, fullgraph=True,
+                                     **options)
+            graphs = self.graphs_on(device)
+            self._runner = DecodeRunner(cuda_graph=graphs, step=step, max_buckets=4 if graphs or self.compile else 1)
+        return self._runner
 
     def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
                        temperature, top_p, do_sample, video_features, **context) -> torch.Tensor:
-        from vcap.grpo.decode import prefill_once_generate
+        from vcap.grpo.decode import Sampling
+        from vcap.grpo.lora_merge import RolloutWeights
 
-        options = dict(suppress_tokens=vision_token_ids(model),
-                       min_new_tokens=self.sampling.get("min_new_tokens", 0),
-                       repetition_penalty=self.sampling.get("repetition_penalty", 1.0))
+        sampling = Sampling(do_sample, temperature, top_p, self.sampling.get("min_new_tokens", 0),
+                            self.sampling.get("repetition_penalty", 1.0), pad_token_id)
+        device = inputs["input_ids"].device
+        runner = self.runner(device)
         batch, prompt_len = inputs["input_ids"].shape
-        if self.compiled(inputs["input_ids"].device):
+        cache_len = None
+        if runner.cuda_graph or self.compile:  # shapes from a few buckets: a graph / compilation each, reused
             size = next((b for b in self.batch_buckets if b >= batch), batch)
             inputs, video_features = pad_prompts(inputs, video_features, size)
-            bucket = self.length_bucket
-            options.update(decode_step=self.decode_step(),
-                           cache_len=-(-(prompt_len + max_new_tokens) // bucket) * bucket)
-        ids = prefill_once_generate(model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
-                                    temperature, top_p, do_sample, video_features, **options)
+            cache_len = -(-(prompt_len + max_new_tokens) // self.length_bucket) * self.length_bucket
+        interval = self.stop_check_interval or (8 if device.type == "cuda" else 1)
+        if self._weights is None:
+            self._weights = RolloutWeights()
+        merge = self.merge_lora is not False
+        with self._weights.applied(model, context.get("weights_version")) if merge else nullcontext():
+            ids = runner.generate(model, inputs, num_generations, max_new_tokens, eos_token_ids, sampling,
+                                  video_features=video_features, suppress_tokens=vision_token_ids(model),
+                                  cache_len=cache_len, stop_check_interval=interval)
+        self.last_stats = dict(runner.last_stats)
         return ids[:batch * num_generations]
 
 

@@ -158,6 +158,7 @@ class GRPOModule(CaptionPolicyModule):
             "train/lr": torch.tensor(self.lr_schedulers().get_last_lr()[0]),
             **{f"train/{k}": v for k, v in stats.items()},
             **{f"train/reward/{k}": v.mean() for k, v in rewards.components.items()},
+            **{f"rollout/{k}": torch.tensor(float(v)) for k, v in self.rollout_engine.last_stats.items()},
         }
         self.log_dict(metrics, batch_size=n, prog_bar=False)
         self.log("reward", metrics["train/reward"], prog_bar=True, batch_size=n, logger=False)

@@ -15,6 +15,9 @@ of each part, per GPU:
   layer's full set. Logits: 10 B per vocabulary entry per completion token (bf16 logits, fp32 copy,
   fp32 log-softmax). Trainable vision towers add their own layers over 4x the merged video tokens.
 - generation KV cache: 2 (K, V) x layers x kv_heads x head_dim x 2 B per token, for all G x prompts.
+- rollout LoRA copy (engine vcap, ``merge_lora``): the adapted language-model linears once more at the base
+  weights' width, adapters merged in (not with 4-bit bases, which keep the adapters).
+- decode buffers: per rollout row, fp32 logits, scores and Exp(1) draws over the vocabulary (12 B per entry).
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ class TrainingPlan:
     completion_tokens: int = 1024
     rollout_sequences: int = 8  # prompts per step x G, all alive during generation
     video_tokens: int = 3100  # merged video tokens per prompt (vision tower runs on 4x as many patches)
+    merge_lora: bool = True  # the vcap engine decodes a LoRA policy from merged copies of its linears
 
 
 @dataclass
@@ -103,10 +107,14 @@ def estimate_memory(size: ModelSize, plan: TrainingPlan) -> MemoryEstimate:
     logits = plan.micro_batch_size * plan.completion_tokens * size.vocab * 10
     kv_cache = plan.rollout_sequences * (plan.prompt_tokens + plan.completion_tokens) * size.layers * 2 * \
         size.kv_heads * size.head_dim * 2
+    lora_copy = size.lm_linear * width if plan.peft_rank is not None and plan.merge_lora and \
+        not plan.load_in_4bit and shards == 1 else 0.0
+    decode_buffers = plan.rollout_sequences * size.vocab * 12
     return MemoryEstimate({
         "weights": weights / shards, "grads": trainable * trainable_width / shards,
         "optimizer": trainable * ADAM_BYTES / shards, "reference": reference / shards,
         "activations": float(activations), "logits": float(logits), "kv_cache": float(kv_cache),
+        "rollout_lora_copy": float(lora_copy), "decode_buffers": float(decode_buffers),
     })
 
 

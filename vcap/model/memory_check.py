@@ -31,7 +31,8 @@ def plan_for(module) -> TrainingPlan:
         load_in_4bit=hp.load_in_4bit, freeze_vision=hp.freeze_vision, beta=hp.get("beta", 0.0), shards=shards,
         gradient_checkpointing=hp.gradient_checkpointing, micro_batch_size=hp.get("micro_batch_size", prompts),
         prompt_tokens=prompt_tokens, completion_tokens=hp.get("max_completion_length", hp.max_new_tokens),
-        rollout_sequences=prompts * hp.get("num_generations", 1), video_tokens=video_tokens)
+        rollout_sequences=prompts * hp.get("num_generations", 1), video_tokens=video_tokens,
+        merge_lora=getattr(getattr(module, "rollout_engine", None), "merge_lora", False) is not False)
 
 
 def device_capacity(module) -> float | None:
