@@ -104,3 +104,15 @@ def test_merged_weights_equal_peft_merge_under_checkpoint_names(tiny_path):
         assert torch.allclose(tensor, expected[name], atol=1e-6), name
     assert any(not torch.equal(pushed[n], plain.state_dict()[n]) for n in pushed)  # the adapters are in
     assert all(torch.equal(p, adapters_before[n]) for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_engine_options_of_older_checkpoints_still_build():
+    """Checkpoints from before the CUDA-graph decode stored compile: false with compile_mode: reduce-overhead."""
+    engine = build_engine({"class_path": "vcap.grpo.engines.VcapEngine",
+                           "init_args": {"sampling": {}, "compile": False, "compile_mode": "reduce-overhead",
+                                         "compile_backend": "inductor", "length_bucket": 256, "batch_buckets": None}})
+    assert engine.cuda_graph is None and not engine.compile
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        VcapEngine(compile=True, compile_mode="reduce-overhead")
+    assert VcapEngine(compile=True, compile_mode="reduce-overhead", cuda_graph=False).compile
+

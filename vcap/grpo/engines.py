@@ -122,8 +122,8 @@ class VcapEngine(RolloutEngine):
         cuda_graph: replay each decode step as a CUDA graph, captured once per shape bucket (null: on CUDA). A
             failed capture says why in one warning and that bucket runs eagerly (``rollout/cuda_graph`` 0).
         compile: fuse the decode step with ``torch.compile`` (inductor; captured in the graph when ``cuda_graph``).
-        compile_mode: torch.compile mode (null: inductor's default; 'reduce-overhead' is refused with cuda_graph,
-            which captures graphs itself).
+        compile_mode: torch.compile mode when ``compile`` (null: inductor's default; 'reduce-overhead' is refused
+            with cuda_graph, which captures graphs itself).
         compile_backend: torch.compile backend ('inductor'; 'eager' / 'aot_eager' trace only, for tests).
         length_bucket: with cuda_graph or compile, the static cache (prompt + budget) is padded up to a multiple of
             this many tokens, so prompts of other lengths reuse a graph.
@@ -146,7 +146,7 @@ class VcapEngine(RolloutEngine):
             raise ValueError("length_bucket must be >= 1")
         if stop_check_interval is not None and stop_check_interval < 1:
             raise ValueError("stop_check_interval must be >= 1 (or null: 8 on CUDA, 1 elsewhere)")
-        if compile_mode == "reduce-overhead" and cuda_graph is not False:
+        if compile and compile_mode == "reduce-overhead" and cuda_graph is not False:
             raise ValueError("compile_mode 'reduce-overhead' makes CUDA graphs of its own; vcap captures the decode "
                              "step itself (cuda_graph): leave compile_mode null, or set cuda_graph: false")
         if batch_buckets is not None and (not batch_buckets or min(batch_buckets) < 1):
