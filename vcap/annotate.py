@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vcap.judges import build_judge
+from vcap.textfiles import read_utf8
 
 FIELDS = ("events", "structure")
 
@@ -23,7 +24,7 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
