@@ -73,7 +73,6 @@ class JsonlPredictionWriter(BasePredictionWriter):
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        log.info("predictions written to %s", self.output)
         Console().print(f"predictions written to [bold]{self.output}[/bold]")
 
 

@@ -22,7 +22,7 @@ from vcap.callbacks import JsonlPredictionWriter, ValidationReport, VcapProgress
 from vcap.plots import TrainingCurves
 from vcap.errors import UsageError, one_line, simplify_parser_message, user_error_types
 from vcap.preflight import MODEL_NOT_SET, PreflightError, preflight
-from vcap.quiet import setup_logging
+from vcap.quiet import debug_enabled, setup_logging
 
 BENCH_DIR = Path(__file__).resolve().parent / "benches"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -76,25 +76,25 @@ class VcapTrainer(Trainer):
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
     def validate(self, model: LightningModule | None = None, dataloaders: Any = None,
-                 ckpt_path: str | Path | None = None, verbose: bool = True,
+                 ckpt_path: str | Path | None = None, verbose: bool = False,
                  datamodule: LightningDataModule | None = None, weights_only: bool | None = None):
         """Evaluate the model on the validation split, or on a benchmark with --bench NAME.
 
         Args:
             ckpt_path: checkpoint whose weights are evaluated (default: the model as loaded).
-            verbose: also print Lightning's table of logged metrics.
+            verbose: also print Lightning's table of logged metrics (vcap's own table is always printed).
             weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
         """
         return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(self, model: LightningModule | None = None, dataloaders: Any = None,
-             ckpt_path: str | Path | None = None, verbose: bool = True,
+             ckpt_path: str | Path | None = None, verbose: bool = False,
              datamodule: LightningDataModule | None = None, weights_only: bool | None = None):
         """Same as validate (vcap data modules hold no separate test split).
 
         Args:
             ckpt_path: checkpoint whose weights are evaluated (default: the model as loaded).
-            verbose: also print Lightning's table of logged metrics.
+            verbose: also print Lightning's table of logged metrics (vcap's own table is always printed).
             weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
         """
         return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
@@ -254,12 +254,14 @@ def error_lines(err: BaseException, args: list[str]) -> list[str]:
 
 
 def debug_requested(args: list[str]) -> bool:
-    return "--debug" in args or os.environ.get("VCAP_DEBUG", "").lower() not in ("", "0", "false", "no")
+    return "--debug" in args or debug_enabled()
 
 
 def main(args: list[str] | None = None) -> None:
     raw = list(sys.argv[1:] if args is None else args)
     debug = debug_requested(raw)
+    if debug:
+        os.environ["VCAP_DEBUG"] = "1"  # DataLoader workers and subprocesses show third-party output too
     raw = [a for a in raw if a != "--debug"]
     setup_logging(debug)
     try:

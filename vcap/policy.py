@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from peft import PeftConfig
 
+from vcap.errors import UsageError
 from vcap.distributed import all_reduce_gradients, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
@@ -18,11 +19,18 @@ from vcap.model.export import export_model
 from vcap.model.loading import as_peft_config, count_parameters, load_policy, load_processor
 from vcap.model.memory_check import SHARDING_STRATEGIES, check_memory
 from vcap.model.precision import check_trainable_precision
+from vcap.options import model_option_problems
 from vcap.rewards import RewardSet, parse_completion
 from vcap.rewards.caption import sample_events
 from vcap.rewards.parsing import subjects_from_json
 
 log = logging.getLogger(__name__)
+
+
+class AllVideosBadError(UsageError):
+    """A training epoch without a single decodable video."""
+
+
 DEFAULT_REWARDS = {"format": 1.0, "think": 1.0, "caption": 1.0}
 
 
@@ -65,6 +73,9 @@ class CaptionPolicyModule(L.LightningModule):
                  allow_low_precision_training: bool = False, memory_check: bool = True):
         super().__init__()
         self.save_hyperparameters()  # under the CLI, hparams keep the config as written (peft as class_path/init_args)
+        problems = model_option_problems(self.hparams)  # the CLI checked them already; Python callers too
+        if problems:
+            raise UsageError(problems[0])
         self.peft_config = as_peft_config(peft)
         self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
         # validation metrics reuse the rewards' scorer and judge (one embedding model, one client and cache)
@@ -81,6 +92,8 @@ class CaptionPolicyModule(L.LightningModule):
         self.model = None
         self.processor = None
         self.skipped_videos = 0
+        self.last_skip_error: str | None = None
+        self.batch_counts = torch.zeros(2)  # (batches, batches with at least one decodable video) in this epoch
         self.syncs_own_gradients = False
         self.samples_dir: Path | None = None
 
@@ -101,7 +114,10 @@ class CaptionPolicyModule(L.LightningModule):
         self.model = load_policy(hp.name_or_path, hp.dtype, hp.attn_implementation, hp.gradient_checkpointing,
                                  hp.freeze_vision, self.peft_config, hp.load_in_4bit).train()  # from_pretrained gives eval mode
         trainable, total = count_parameters(self.model)
-        log.info("policy %s: %s trainable / %s parameters", hp.name_or_path, f"{trainable:,}", f"{total:,}")
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            log.info("policy %s: %s trainable / %s parameters", hp.name_or_path, f"{trainable:,}", f"{total:,}")
+        else:  # validate / predict train nothing: a trainable count would only mislead
+            log.info("policy %s: %s parameters", hp.name_or_path, f"{total:,}")
         self.strict_loading = self.peft_config is None  # PEFT checkpoints hold only adapter weights
 
     @property
@@ -130,6 +146,7 @@ class CaptionPolicyModule(L.LightningModule):
             self.skipped_videos += len(batch["skipped"])
             for item in batch["skipped"]:
                 log.warning("skipped video %s: %s", item["video"], item["error"])
+                self.last_skip_error = item["error"]
         if not self.trainer.predicting:  # predict loops cannot log; skips are in the output rows instead
             self.log("data/skipped_videos", float(self.skipped_videos), reduce_fx="max", batch_size=1)
 
@@ -183,7 +200,8 @@ class CaptionPolicyModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         self.count_skips(batch)
-        out = [{"id": Path(x["video"]).stem, "video": x["video"], "skipped": x["error"]} for x in batch["skipped"]]
+        out = [{"id": x.get("id") or Path(x["video"]).stem, "video": x["video"], "skipped": x["error"]}
+               for x in batch["skipped"]]
         if batch["inputs"] is None:
             return out
         for record, text in zip(batch["records"], self.greedy(batch)):
@@ -214,6 +232,20 @@ class CaptionPolicyModule(L.LightningModule):
         # see vcap.distributed for why GRPO syncs its own gradients
         if not self.automatic_optimization:
             self.syncs_own_gradients = take_over_ddp_gradient_sync(self.trainer.strategy.model)
+
+    def on_train_epoch_start(self) -> None:
+        self.batch_counts = torch.zeros(2)  # (batches, batches with at least one decodable video) in this epoch
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.batch_counts += torch.tensor([1.0, float(batch["inputs"] is not None)])
+
+    def on_train_epoch_end(self) -> None:
+        """An epoch in which no video could be decoded (every one skipped) would repeat forever under max_steps."""
+        seen, with_videos = self.trainer.strategy.reduce(self.batch_counts.to(self.device), reduce_op="sum").tolist()
+        if seen > 0 and with_videos == 0:
+            raise AllVideosBadError(f"no training video could be decoded in epoch {self.current_epoch} "
+                                    f"({self.skipped_videos} skipped, e.g. {self.last_skip_error}); fix the videos "
+                                    "or the manifest (--data.init_args.manifest)")
 
     def sync_and_clip_gradients(self, optimizer) -> None:
         """Average the accumulated gradients over DDP ranks, then clip them to ``max_grad_norm``; once per optimizer

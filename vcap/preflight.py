@@ -160,6 +160,27 @@ def data_problem(data_cfg: Any, model_cfg: Any, subcommand: str) -> str | None:
     return None
 
 
+def _as_dict(namespace: Any) -> dict:
+    if namespace is None:
+        return {}
+    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace)
+
+
+def option_problems(model_cfg: Any, data_cfg: Any) -> list[str]:
+    """Numeric options out of range (vcap.options), for vcap's own model and data classes."""
+    from vcap.data.datamodule import CaptionDataModule
+    from vcap.options import data_option_problems, model_option_problems
+    from vcap.policy import CaptionPolicyModule
+
+    problems = []
+    for cfg, base, check in ((model_cfg, CaptionPolicyModule, model_option_problems),
+                             (data_cfg, CaptionDataModule, data_option_problems)):
+        cls = _class_or_none(cfg)
+        if isinstance(cls, type) and issubclass(cls, base):
+            problems += check(_as_dict(_get(cfg, "init_args")))
+    return problems
+
+
 def preflight(subcommand: str, cfg: Any) -> None:
     """Raise ``PreflightError`` listing every problem found, one line each.
 
@@ -167,10 +188,11 @@ def preflight(subcommand: str, cfg: Any) -> None:
     once everything else is right, so a typo elsewhere never costs a dataset build.
     """
     model_cfg = _get(cfg, "model")
-    problems = [p for p in (accelerator_problem(_get(cfg, "trainer.accelerator")),
-                            model_problem(_get(model_cfg, "init_args.name_or_path") if model_cfg else None),
-                            ckpt_problem(_get(cfg, "ckpt_path"))) if p]
     data_cfg = _get(cfg, "data")
+    problems = option_problems(model_cfg, data_cfg)
+    problems += [p for p in (accelerator_problem(_get(cfg, "trainer.accelerator")),
+                             model_problem(_get(model_cfg, "init_args.name_or_path") if model_cfg else None),
+                             ckpt_problem(_get(cfg, "ckpt_path"))) if p]
     builds = getattr(_class_or_none(data_cfg), "builds_inputs", False)
     other_rank = os.environ.get("LOCAL_RANK", "0") != "0"  # rank 0 builds generated inputs, as prepare_data does
     if not builds or (not problems and not other_rank):
