@@ -11,6 +11,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar
 from rich.console import Console
 from rich.table import Table
 
+from vcap.textfiles import write_json
+
 log = logging.getLogger(__name__)
 
 
@@ -44,15 +46,21 @@ class ValidationReport(L.Callback):
 
     def write(self, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        path = log_dir / self.filename
-        path.write_text(json.dumps({"runs": self.runs, "latest": self.runs[-1]["metrics"]}, indent=2))
+        path = write_json(log_dir / self.filename, {"runs": self.runs, "latest": self.runs[-1]["metrics"]})
         table = Table(title=f"validation ({path})")
         table.add_column("metric")
         for run in self.runs[-4:]:
             table.add_column(run["label"], justify="right")
         for key in sorted({k for run in self.runs for k in run["metrics"]}):
-            table.add_row(key, *(f"{run['metrics'][key]:.4f}" if key in run["metrics"] else "-" for run in self.runs[-4:]))
+            table.add_row(key, *(_cell(run["metrics"].get(key)) for run in self.runs[-4:]))
         Console().print(table)
+
+
+def _cell(value: float | None) -> str:
+    """A table cell: '-' where the run did not log the metric, 'n/a' where nothing could be scored (NaN)."""
+    if value is None:
+        return "-"
+    return "n/a" if value != value else f"{value:.4f}"
 
 
 class JsonlPredictionWriter(BasePredictionWriter):

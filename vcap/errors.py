@@ -11,6 +11,11 @@ class UsageError(ValueError):
     """A bad option, input path or manifest; the message names the flag or field and how to fix it."""
 
 
+class ServiceError(RuntimeError):
+    """Something outside vcap failed so that the run cannot go on (a judge server down, a full disk, nothing could
+    be scored): one line naming what and where, exit status 1."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "fix your input", wherever they are raised (imported lazily: heavy modules)."""
     from jsonargparse import ArgumentError

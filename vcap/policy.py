@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from peft import PeftConfig
 
@@ -23,6 +21,7 @@ from vcap.options import model_option_problems
 from vcap.rewards import RewardSet, parse_completion
 from vcap.rewards.caption import sample_events
 from vcap.rewards.parsing import subjects_from_json
+from vcap.seeding import base_seed, seed_step
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +91,8 @@ class CaptionPolicyModule(L.LightningModule):
         self.model = None
         self.processor = None
         self.skipped_videos = 0
+        self.skipped_before_batch = 0
+        self.resumed_seed: int | None = None
         self.last_skip_error: str | None = None
         self.batch_counts = torch.zeros(2)  # (batches, batches with at least one decodable video) in this epoch
         self.syncs_own_gradients = False
@@ -176,18 +177,27 @@ class CaptionPolicyModule(L.LightningModule):
         parsed = [parse_completion(t) for t in texts]
         n = len(records)
         rewards = self.reward_set(parsed, records)
-        self.log("val/reward", rewards.scores.mean(), batch_size=n, sync_dist=True)
+        judged = ~rewards.failed  # a failed judgment is unknown, not 0: left out of every mean, counted instead
+        self.log_mean("val/reward", rewards.scores, judged)
         for name, values in rewards.components.items():
-            self.log(f"val/reward/{name}", values.mean(), batch_size=n, sync_dist=True)
+            self.log_mean(f"val/reward/{name}", values, ~values.isnan())
+        self.log("val/judge_failures", rewards.failed.sum().float(), reduce_fx="sum", batch_size=1, sync_dist=True)
         self.think_f1.update([p.subjects for p in parsed], [subjects_from_json(r["structure"]) for r in records])
         self.caption_score.update([p.answer for p in parsed], [sample_events(r) for r in records],
                                   [r.get("caption", "") for r in records])
         if batch_idx == 0:
             log.info("val sample %s: %s", records[0].get("id"), texts[0][:300])
 
+    def log_mean(self, name: str, values: torch.Tensor, keep: torch.Tensor) -> None:
+        """The epoch's mean of ``values[keep]``, weighted by how many were kept; a batch with none kept adds
+        nothing (an epoch with none logs nothing, so no 0 stands in for "unknown")."""
+        if keep.any():
+            self.log(name, values[keep].mean(), batch_size=int(keep.sum()), sync_dist=True)
+
     def on_validation_epoch_end(self) -> None:
         if self.bench_evaluator is not None:
             results = self.bench_evaluator.finish(self.trainer.datamodule.records, self.hparams.name_or_path)
+            self.bench_evaluator.check_scored(results)  # every sample failed: a non-zero exit, not a table of 0s
             for name, value in self.bench_evaluator.metrics(results).items():
                 self.log(f"val/{name}", float(value))
             return
@@ -228,6 +238,8 @@ class CaptionPolicyModule(L.LightningModule):
         self.samples_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: all ranks
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed_step(self.run_seed, self.global_step, self.global_rank)  # a resumed step draws what it drew before
+        self.skipped_before_batch = self.skipped_videos
         # Lightning re-arms DDP's reducer after every step, so switch it off before each one;
         # see vcap.distributed for why GRPO syncs its own gradients
         if not self.automatic_optimization:
@@ -280,23 +292,24 @@ class CaptionPolicyModule(L.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
         else:
             checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("ref_model.")}
-        np_state = np.random.get_state()  # tensors/ints only, so weights_only loading accepts the checkpoint
-        checkpoint["vcap_rng"] = {"torch": torch.get_rng_state(),
-                                  "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-                                  "python": random.getstate(), "skipped_videos": self.skipped_videos,
-                                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        # the randomness of every step derives from the run's seed (vcap.seeding): keep it, not RNG states
+        interrupted = checkpoint.get("vcap_interrupted", False)  # the interrupted batch's skips are counted again
+        checkpoint["vcap_run"] = {"seed": self.run_seed,
+                                  "skipped_videos": self.skipped_before_batch if interrupted else self.skipped_videos}
+        if self.samples_dir is not None:  # the run folder, so --ckpt_path last continues in it
+            checkpoint["vcap_log_dir"] = str(self.samples_dir.resolve())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.strict_loading = False  # reference copies and frozen PEFT bases are not stored
-        rng = checkpoint.get("vcap_rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            name, keys, *rest = rng["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-            random.setstate(rng["python"])
-            self.skipped_videos = rng.get("skipped_videos", 0)
-            if rng.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+        run = checkpoint.get("vcap_run") or {}
+        if "seed" in run:
+            self.resumed_seed = int(run["seed"])
+        self.skipped_videos = run.get("skipped_videos", (checkpoint.get("vcap_rng") or {}).get("skipped_videos", 0))
+
+    @property
+    def run_seed(self) -> int:
+        """The seed steps derive from: the checkpoint's when resuming (a random seed_everything differs)."""
+        return self.resumed_seed if self.resumed_seed is not None else base_seed()
 
     def on_train_end(self) -> None:
         if not self.hparams.export_dir:

@@ -23,6 +23,7 @@ NOISE: tuple[str, ...] = (
     r"Failed to load CPU gemm_4bit_forward from kernels-community",  # bitsandbytes: optional faster CPU kernel
     r"(GPU|TPU|HPU) available: ",  # Lightning's hardware inventory; vcap logs the device it uses
     r"Seed set to \d+",
+    r"`weights_only` was not set, defaulting to `False`",  # Lightning loading vcap's own checkpoint
 )
 
 # Python warnings: (message regex, why it is harmless).
@@ -39,6 +40,8 @@ NOISY_WARNINGS: tuple[tuple[str, str], ...] = (
     (r"`is_gradient_checkpointing` is deprecated", "peft reads a transformers property renamed in 5.x; nothing for "
      "the user to do"),
     (r".*The `srun` command is available on your system", "SLURM hint irrelevant to single-node runs"),
+    (r"'pin_memory' argument is set as true but no accelerator is found", "a GPU recipe (pin_memory: true) run on "
+     "the CPU: pinning only speeds up copies to a GPU, and torch skips it"),
 )
 
 
