@@ -213,7 +213,7 @@ def test_optimizer_option_says_where_the_optimizer_is_set(tmp_path):
     (["--model.init_args.num_generation", "4"],
      "--model.init_args.num_generation is not an option of GRPOModule; did you mean 'num_generations'?"),
     (["--model", "GRPOModul"], "--model GRPOModul: no such class; did you mean 'GRPOModule'?"),
-    (["--model.init_args.num_generations", "1"], "bad configuration: num_generations must be >= 2"),
+    (["--model.init_args.num_generations", "1"], "--model.init_args.num_generations 1: must be at least 2"),
     (["--data.init_args.batch_size", "two"], "--data.init_args.batch_size: expected int, got 'two'"),
     (["--ckpt_path", "nope.ckpt"], "--ckpt_path nope.ckpt: no such checkpoint file"),
 ])

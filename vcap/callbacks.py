@@ -44,6 +44,23 @@ class ValidationReport(L.Callback):
         if trainer.is_global_zero:
             self.write(log_dir)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A validate run stopped by Ctrl-C / SIGTERM keeps what it finished: the metrics of the batches done."""
+        if trainer.state.fn not in ("validate", "test") or not isinstance(exception, KeyboardInterrupt):
+            return
+        done = trainer.validate_loop.batch_progress.current.completed if trainer.state.fn == "validate" \
+            else trainer.test_loop.batch_progress.current.completed
+        partial = getattr(pl_module, "partial_validation_metrics", None)
+        if not done or partial is None or not trainer.is_global_zero:
+            return
+        total = sum(trainer.num_val_batches) if trainer.state.fn == "validate" else sum(trainer.num_test_batches)
+        about = pl_module.describe() if hasattr(pl_module, "describe") else {}
+        self.runs.append({"label": f"{trainer.state.fn} (interrupted: {done} of {total} batches)",
+                          "global_step": trainer.global_step, "time": time.time(), "interrupted": True,
+                          "batches": [done, total], "metrics": partial(), **about})
+        log_dir = trainer.loggers[0].log_dir if trainer.loggers else trainer.default_root_dir  # no collective
+        self.write(Path(log_dir))
+
     def write(self, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         path = write_json(log_dir / self.filename, {"runs": self.runs, "latest": self.runs[-1]["metrics"]})

@@ -46,18 +46,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(str(path).removeprefix("file://"))
         tmp = path.with_name(f".{path.name}.tmp")
+        writer = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+                writer = _ErrorKeepingWriter(f)
+                torch.save(checkpoint, writer)
                 f.flush()
                 os.fsync(f.fileno())  # on the disk before the rename makes it the checkpoint
             os.replace(tmp, path)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
+            # torch's zip writer turns a failed write into "RuntimeError: unexpected pos"; the OSError says why
+            cause = writer.error if writer is not None and writer.error is not None else err
+            if not isinstance(cause, OSError):
+                raise
             raise CheckpointWriteError(
-                f"could not write checkpoint {path}: {err.strerror or err} (errno {err.errno}); nothing was written "
-                "under that name and earlier checkpoints are intact: free space (or fix the folder's permissions), "
-                "then resume with --ckpt_path last") from None
+                f"could not write checkpoint {path}: {cause.strerror or cause} (errno {cause.errno}); nothing was "
+                "written under that name and earlier checkpoints are intact: free space (or fix the folder's "
+                "permissions), then resume with --ckpt_path last") from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -69,6 +75,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if "PytorchStreamReader" not in str(err) and not isinstance(err, (EOFError, zipfile.BadZipFile)):
                 raise
             raise CheckpointReadError(unreadable(path, err)) from None
+
+
+class _ErrorKeepingWriter:
+    """The file torch.save writes to, keeping the first OSError of a write (torch replaces it by its own error)."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def unreadable(path: str | Path, reason: BaseException | str) -> str:

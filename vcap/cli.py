@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from vcap.errors import ServiceError, UsageError, one_line, simplify_parser_message, user_error_types
 from vcap.preflight import MODEL_NOT_SET, PreflightError, preflight
 from vcap.quiet import debug_enabled, setup_logging
+from vcap.checkpoints import CheckpointReadError, checkpoint_problem
 from vcap.leaf_options import apply_leaves, split_leaf_flags
 from vcap.resume import resolve_last
 from vcap.trainer import VcapTrainer  # noqa: F401  (vcap.cli.VcapTrainer is what vcap compare and users import)
@@ -65,15 +66,25 @@ class VcapCLI(LightningCLI):
             raise UsageError(simplify_parser_message(str(err), options)) from err
 
     def before_instantiate_classes(self) -> None:
-        """Validate accelerator, model, checkpoint and data before anything loads or writes a file; ``fit
-        --ckpt_path last`` becomes the newest last checkpoint of the run, continued in its own folder."""
+        """Validate accelerator, model, checkpoint and data before anything loads or writes a file."""
         if self.subcommand is None:
             return
         config = self.config[self.subcommand]
         apply_leaves(config, self.leaf_flags)
-        if self.subcommand == "fit" and str(config.get("ckpt_path")) == "last":
-            resolve_last(config)
         preflight(self.subcommand, config)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads a checkpoint's hyperparameters here, before any check: ``fit --ckpt_path last``
+        becomes the newest last checkpoint of the run (continued in its own folder), and a checkpoint file that
+        is not whole is one line instead of a PytorchStreamReader traceback."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if subcommand == "fit" and str(ckpt_path) == "last":
+            resolve_last(config)
+        elif ckpt_path and Path(str(ckpt_path)).is_file() and (problem := checkpoint_problem(ckpt_path)):
+            raise CheckpointReadError(problem)
+        super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
         try:

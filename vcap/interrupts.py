@@ -83,6 +83,8 @@ class InterruptCheckpoint(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._stop_if_asked()
+        for logger in trainer.loggers:  # the rows of finished steps reach the disk before a kill -9 can lose them
+            logger.save()
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._stop_if_asked()

@@ -208,6 +208,15 @@ class CaptionPolicyModule(L.LightningModule):
         self.think_f1.reset()
         self.caption_score.reset()
 
+    def partial_validation_metrics(self) -> dict[str, float]:
+        """The think and caption metrics over the validation batches done so far (an interrupted run keeps them);
+        benchmarks keep their generations instead (generations.jsonl)."""
+        if self.bench_evaluator is not None:
+            return {}
+        metrics = {f"think_{k}": float(v) for k, v in self.think_f1.compute().items()}
+        metrics.update({f"caption_{k}": float(v) for k, v in self.caption_score.compute().items()})
+        return metrics
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         self.count_skips(batch)
         out = [{"id": x.get("id") or Path(x["video"]).stem, "video": x["video"], "skipped": x["error"]}
