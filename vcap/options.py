@@ -67,8 +67,4 @@ def model_option_problems(values: Mapping[str, Any]) -> list[str]:
 
 
 def data_option_problems(values: Mapping[str, Any]) -> list[str]:
-    problems = _problems(values, DATA_RULES, "--data.init_args.")
-    low, high = values.get("min_pixels"), values.get("max_pixels")
-    if isinstance(low, int) and isinstance(high, int) and low > high:
-        problems.append(f"--data.init_args.min_pixels {low} is above --data.init_args.max_pixels {high}")
-    return problems
+    return _problems(values, DATA_RULES, "--data.init_args.")
