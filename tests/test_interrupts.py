@@ -191,3 +191,42 @@ def test_a_full_disk_stops_with_one_line_and_leaves_no_partial_checkpoint(tmp_pa
         f"vcap: error: could not write checkpoint {RUN}/checkpoints/epoch=0-step=1.ckpt: File too large (errno 27); "
         "nothing was written under that name"), out.stderr[-3000:]
     assert not list((tmp_path / RUN / "checkpoints").glob("*"))  # neither a truncated file nor a temporary one
+
+
+def test_ctrl_c_in_validate_keeps_the_batches_it_finished(tmp_path):
+    """`vcap validate --bench shapes`, one video per batch, its caption judge on a scripted server that presses
+    Ctrl-C when the third batch's caption arrives: the two finished batches are scored in validation.json."""
+    from tests.judge_server import parse_request
+
+    state = {"pid": None, "extracts": 0}
+    release = threading.Event()
+
+    def script(body):
+        if parse_request(body)["task"] == "extract_events":  # once per batch: the caption metric's extraction
+            state["extracts"] += 1
+            if state["extracts"] == 3:
+                os.kill(state["pid"], signal.SIGINT)
+                release.wait(60)
+                return ("status", 500)
+        return answer(body)
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="300")
+    with ScriptedServer(script) as server:
+        args = ["validate", "--bench", "shapes", *small_shapes(tmp_path / "shapes"), "--data.init_args.val_batch_size",
+                "1", "--model.init_args.max_new_tokens", "64", "--model.init_args.reward_options.caption.judge",
+                "openai", "--model.init_args.reward_options.caption.judge_options.base_url", server.url,
+                "--model.init_args.reward_options.caption.judge_options.model", "judge",
+                "--model.init_args.reward_options.caption.judge_options.cache", "null"]
+        proc = subprocess.Popen([sys.executable, "-m", "vcap.cli", *map(str, args)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        state["pid"] = proc.pid
+        _, stderr = proc.communicate(timeout=600)
+        release.set()
+    assert proc.returncode == 130, stderr[-3000:]
+    report = tmp_path / "runs/validate-shapes/version_0/validation.json"
+    assert [line for line in stderr.splitlines() if line.startswith("vcap:")] == [
+        f"vcap: SIGINT in validate: the metrics of the 2 of 4 batches done are in {report.relative_to(tmp_path)}"]
+    (run,) = json.loads(report.read_text())["runs"]
+    assert run["label"] == "validate (interrupted: 2 of 4 batches)" and run["batches"] == [2, 4]
+    assert {"think_f1", "caption_event_f1", "caption_failed"} <= set(run["metrics"])
+    assert run["metrics"]["caption_failed"] == 0

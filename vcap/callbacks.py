@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -48,18 +49,28 @@ class ValidationReport(L.Callback):
         """A validate run stopped by Ctrl-C / SIGTERM keeps what it finished: the metrics of the batches done."""
         if trainer.state.fn not in ("validate", "test") or not isinstance(exception, KeyboardInterrupt):
             return
-        done = trainer.validate_loop.batch_progress.current.completed if trainer.state.fn == "validate" \
-            else trainer.test_loop.batch_progress.current.completed
-        partial = getattr(pl_module, "partial_validation_metrics", None)
-        if not done or partial is None or not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        total = sum(trainer.num_val_batches) if trainer.state.fn == "validate" else sum(trainer.num_test_batches)
+        loop = trainer.validate_loop if trainer.state.fn == "validate" else trainer.test_loop
+        done, total = loop.batch_progress.current.completed, sum(loop.max_batches)
+        fn = getattr(trainer.state.fn, "value", trainer.state.fn)
+        what = f"{str(exception) or 'interrupted'} in {fn}"
+        evaluator = getattr(pl_module, "bench_evaluator", None)
+        if evaluator is not None:  # generations are appended as they are made
+            print(f"vcap: {what}: {len(evaluator.generations)} captions kept in {evaluator.out / 'generations.jsonl'}; "
+                  "the same command continues from them", file=sys.stderr, flush=True)
+            return
+        partial = getattr(pl_module, "partial_validation_metrics", None)
+        if not done or partial is None:
+            return
         about = pl_module.describe() if hasattr(pl_module, "describe") else {}
-        self.runs.append({"label": f"{trainer.state.fn} (interrupted: {done} of {total} batches)",
+        self.runs.append({"label": f"{fn} (interrupted: {done} of {total} batches)",
                           "global_step": trainer.global_step, "time": time.time(), "interrupted": True,
                           "batches": [done, total], "metrics": partial(), **about})
-        log_dir = trainer.loggers[0].log_dir if trainer.loggers else trainer.default_root_dir  # no collective
-        self.write(Path(log_dir))
+        log_dir = Path(trainer.loggers[0].log_dir if trainer.loggers else trainer.default_root_dir)  # no collective
+        self.write(log_dir)
+        print(f"vcap: {what}: the metrics of the {done} of {total} batches done are in {log_dir / self.filename}",
+              file=sys.stderr, flush=True)
 
     def write(self, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ class GlobalStepLoggerConnector(_LoggerConnector):
     one less than the step a training row reports and the step a validation ran at."""
 
     def log_metrics(self, metrics, step: int | None = None) -> None:
-        if step is None and "step" not in metrics:
+        if metrics and step is None and "step" not in metrics:
+            metrics = {**metrics, "epoch": self.trainer.current_epoch}  # as Lightning adds when it picks the step
             step = self.trainer.global_step
         super().log_metrics(metrics, step)
 
