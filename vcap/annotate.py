@@ -93,17 +93,20 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
                            f"({backend.describe().get('base_url', backend.name)}); failed calls are asked again "
                            "when you run it again")
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    report(counts, failed, out)
+    report(counts, failed, out, dict(getattr(backend, "answered_by", {})))
     return counts
 
 
-def report(counts: dict[str, int], failed: list[str], out: Path | None) -> None:
+def report(counts: dict[str, int], failed: list[str], out: Path | None, answered_by: dict[str, int] | None = None
+           ) -> None:
     console = Console(stderr=True)
     table = Table(title=f"vcap annotate -> {out or 'nothing written'}")
     table.add_column("count")
     table.add_column("value", justify="right")
     for key, value in counts.items():
         table.add_row(key, str(value))
+    for source, n in (answered_by or {}).items():  # provenance: this run's judge, or the cache and who filled it
+        table.add_row(f"answered by {source}", str(n))
     console.print(table)
     for line in failed[:20]:
         console.print(f"[red]failed[/red] {line}")

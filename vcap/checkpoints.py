@@ -131,8 +131,9 @@ def read_info(path: str | Path) -> CheckpointInfo:
     problem = checkpoint_problem(path)
     if problem:
         raise CheckpointReadError(problem)
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    try:  # a sharded checkpoint folder (FSDP) keeps the non-tensor state in meta.pt
+        source = path / "meta.pt" if path.is_dir() else path
+        state = torch.load(source, map_location="cpu", mmap=not path.is_dir(), weights_only=False)
     except Exception as err:  # a checkpoint of another program or torch version: let Lightning's loader say more
         log.debug("could not read %s ahead of Lightning: %s", path, err)
         return CheckpointInfo(path, 0, _inferred_log_dir(path))

@@ -67,8 +67,8 @@ def searched_folders(trainer_cfg: Any) -> list[Path]:
 
 
 def newest_last_checkpoint(trainer_cfg: Any) -> Path:
-    found = [Path(p) for folder in searched_folders(trainer_cfg) for p in glob.glob(str(folder / LAST_GLOB))
-             if Path(p).is_file()]
+    # a file, or a folder for sharded (FSDP) checkpoints
+    found = [Path(p) for folder in searched_folders(trainer_cfg) for p in glob.glob(str(folder / LAST_GLOB))]
     if not found:
         where = ", ".join(str(folder / "last.ckpt") for folder in searched_folders(trainer_cfg))
         raise UsageError(f"--ckpt_path last: no checkpoint of this run found (looked for {where}); drop --ckpt_path "

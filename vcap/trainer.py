@@ -76,7 +76,7 @@ class VcapTrainer(Trainer):
             weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
         """
         with self.interrupts.watching(), warnings.catch_warnings():
-            if ckpt_path is not None and Path(str(ckpt_path)).is_file():
+            if ckpt_path is not None and Path(str(ckpt_path)).exists():
                 self.continue_run(read_info(ckpt_path))
                 # the run's own checkpoint folder is meant to be reused when resuming
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
