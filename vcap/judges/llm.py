@@ -52,6 +52,7 @@ class LLMJudge(Judge):
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
         self.max_consecutive_failures = max_consecutive_failures
         self.consecutive_failures = 0  # calls in a row without any reply (the circuit breaker's count)
+        self.tripped: JudgeUnavailableError | None = None  # the breaker's error, once it has tripped
         self.answered_by: Counter[str] = Counter()  # parsed answers by who gave them (a judge, or the cache)
         self.parse_retries, self.max_events, self.retry_temperature = parse_retries, max_events, retry_temperature
         self.prompt_sets = load_prompts(prompt_file)
@@ -169,13 +170,16 @@ class LLMJudge(Judge):
     def _count_transport_failure(self, error: Exception) -> None:
         """The circuit breaker: ``max_consecutive_failures`` calls in a row that got no reply at all (after the
         client's own retries) stop the run instead of scoring every completion as failed for hours."""
+        if self.tripped is not None:  # concurrent calls failing after the trip report the same error
+            raise self.tripped
         self.consecutive_failures += 1
         limit = self.max_consecutive_failures
         if limit and self.consecutive_failures >= limit:
-            raise JudgeUnavailableError(
+            self.tripped = JudgeUnavailableError(
                 f"judge {self.where()} failed {self.consecutive_failures} calls in a row (last: "
                 f"{type(error).__name__}: {str(error)[:200]}); check that the server is up and answering, or raise "
                 "judge_options.max_consecutive_failures (0: never stop)")
+            raise self.tripped
 
     def source(self) -> str:
         """Which judge answers: kept with every cached reply and counted in ``answered_by``."""
