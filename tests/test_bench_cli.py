@@ -213,7 +213,8 @@ def test_a_judge_that_answers_prose_fails_the_run_and_poisons_nothing(tmp_path, 
         failed = subprocess.run(args(prose.url), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1, failed.stderr[-3000:]
     errors = [line for line in failed.stderr.splitlines() if line.startswith("vcap: error:")]
-    assert len(errors) == 1 and errors[0].startswith("vcap: error: dream1k: no sample could be scored (2 failed, e.g. ")
+    assert len(errors) == 1, failed.stderr[-3000:]
+    assert errors[0].startswith("vcap: error: dream1k: no sample could be scored (2 failed, e.g. ")
     assert f"Check the judge ({prose.url})" in errors[0]
     text = (out / "results.json").read_text()
     assert "NaN" not in text  # strict JSON: null where the official F1 is nan

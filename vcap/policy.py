@@ -189,10 +189,10 @@ class CaptionPolicyModule(L.LightningModule):
             log.info("val sample %s: %s", records[0].get("id"), texts[0][:300])
 
     def log_mean(self, name: str, values: torch.Tensor, keep: torch.Tensor) -> None:
-        """The epoch's mean of ``values[keep]``, weighted by how many were kept; a batch with none kept adds
-        nothing (an epoch with none logs nothing, so no 0 stands in for "unknown")."""
-        if keep.any():
-            self.log(name, values[keep].mean(), batch_size=int(keep.sum()), sync_dist=True)
+        """The epoch's mean of ``values[keep]``, weighted by how many were kept: a batch with none kept weighs 0,
+        and an epoch with none is NaN (n/a), never 0. Every rank logs every key, as sync_dist needs."""
+        kept = int(keep.sum())
+        self.log(name, values[keep].mean() if kept else torch.tensor(0.0), batch_size=kept, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.bench_evaluator is not None:
