@@ -212,7 +212,8 @@ def test_a_judge_that_answers_prose_fails_the_run_and_poisons_nothing(tmp_path, 
     with ScriptedServer(lambda body: ("reply", "I think the caption is quite good overall.")) as prose:
         failed = subprocess.run(args(prose.url), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1, failed.stderr[-3000:]
-    errors = [line for line in failed.stderr.splitlines() if line.startswith("vcap: error:")]
+    # the judging progress bar shares stderr: take the error line from where it starts
+    errors = [line[line.index("vcap: error:"):] for line in failed.stderr.splitlines() if "vcap: error:" in line]
     assert len(errors) == 1, failed.stderr[-3000:]
     assert errors[0].startswith("vcap: error: dream1k: no sample could be scored (2 failed, e.g. ")
     assert f"Check the judge ({prose.url})" in errors[0]
