@@ -72,8 +72,40 @@ def test_annotate_kill_and_resume_without_duplicate_calls(tmp_path):
 
 def test_annotate_counts_failures_and_keeps_going(tmp_path):
     write_manifest(tmp_path / "in.jsonl", 3)
-    with ScriptedServer(lambda body: ("reply", "not json")) as server:
+    with ScriptedServer(lambda body: ("reply", "not json") if "subjects" in body["messages"][0]["content"]
+                        else reply_for(body)) as server:
         out = run_annotate(tmp_path, server.url)
-    assert "events_failed" in out.stderr and "failed" in out.stderr
+    assert "structure_failed" in out.stderr and "failed" in out.stderr
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert "events" not in rows[0] and rows[1]["events"] == ["already there"]
+    assert rows[0]["events"] == ["the cat jumps", "the cat lands"] and rows[1]["events"] == ["already there"]
+    assert "structure" not in rows[0]
+
+
+def test_annotate_with_every_call_failing_exits_non_zero_and_writes_nothing(tmp_path):
+    """A prose-answering judge: nothing parses, so nothing is cached either; a working judge then answers all."""
+    write_manifest(tmp_path / "in.jsonl", 3)
+    with ScriptedServer(lambda body: ("reply", "Sure! The events are a cat jumping.")) as server:
+        out = run_annotate(tmp_path, server.url, check=False)
+    assert out.returncode == 1 and not (tmp_path / "out.jsonl").exists()
+    errors = [line for line in out.stderr.splitlines() if line.startswith("vcap: error:")]
+    assert len(errors) == 1 and errors[0].startswith("vcap: error: vcap annotate: no record could be annotated (5 failed")
+    assert f"Check the judge ({server.url})" in errors[0]
+    with ScriptedServer(reply_for) as server:
+        again = run_annotate(tmp_path, server.url)
+        assert len(server.requests) == 2 + 3  # every failed call asked again: none was cached as an answer
+    assert "judge_calls" in again.stderr
+    assert json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["events"] == ["the cat jumps",
+                                                                                         "the cat lands"]
+
+
+def test_annotate_stops_at_once_when_the_judge_is_down(tmp_path):
+    import socket
+
+    write_manifest(tmp_path / "in.jsonl", 2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    out = run_annotate(tmp_path, url, check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == (f"vcap: error: the judge at {url} is not reachable ([Errno 111] Connection refused):"
+                                  " start the server, or point --judge_options base_url at one that runs")

@@ -84,7 +84,7 @@ def test_validate_bench_end_to_end_and_resume(tmp_path, shapes_manifest, bench):
     again = json.loads((out / "results.json").read_text())
     for key in ("events", "objects", "vdcscore"):
         assert again.get(key) == results.get(key)
-    assert results["judge"] == {"backend": "openai", "model": "judge", "temperature": 0.0, "base_url": server.url,
+    assert results["judge"] == {"backend": "openai", "model": "judge", "base_url": server.url,
                                 "response_format": "json_schema"}
     assert results["protocol"] == "official" and "protocol: official" in first.stdout
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
@@ -191,3 +191,42 @@ def test_killed_benchmark_run_resumes_without_paying_twice(tmp_path, shapes_mani
     want = json.loads((tmp_path / "clean/results.json").read_text())
     assert got["events"] == want["events"] and got["samples"] == 3
     assert got["events"]["overall"]["recall"] > 0 and got["events"]["overall"]["f1"] > 0  # numbers that can differ
+
+
+def test_a_judge_that_answers_prose_fails_the_run_and_poisons_nothing(tmp_path, shapes_manifest):
+    """Every judgment failed: results.json is written (strict JSON) but the exit status is non-zero; nothing was
+    cached, so the same command against a working judge asks every call again and scores (issue 20 items 4, 5)."""
+    ann, vdir = fixtures(tmp_path, shapes_manifest, "dream1k")
+    out = tmp_path / "out"
+
+    def args(url):
+        return [sys.executable, "-m", "vcap.cli", "validate", "--bench", "dream1k", "--limit", "2",
+                "--model.init_args.name_or_path", "vcap-tiny-sft", "--data.init_args.annotations", str(ann),
+                "--data.init_args.video_dir", str(vdir), "--data.init_args.output_dir", str(out),
+                "--data.init_args.num_workers", "0", "--data.init_args.fps", "null", "--data.init_args.nframes", "4",
+                "--data.init_args.max_pixels", "3136", "--model.init_args.max_new_tokens", "24",
+                "--data.init_args.judge_options", json.dumps({"model": "judge", "base_url": url, "max_retries": 0}),
+                "--trainer.accelerator", "cpu"]
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="300")
+    with ScriptedServer(lambda body: ("reply", "I think the caption is quite good overall.")) as prose:
+        failed = subprocess.run(args(prose.url), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    # the judging progress bar shares stderr: take the error line from where it starts
+    errors = [line[line.index("vcap: error:"):] for line in failed.stderr.splitlines() if "vcap: error:" in line]
+    assert len(errors) == 1, failed.stderr[-3000:]
+    assert errors[0].startswith("vcap: error: dream1k: no sample could be scored (2 failed, e.g. ")
+    assert f"Check the judge ({prose.url})" in errors[0]
+    text = (out / "results.json").read_text()
+    assert "NaN" not in text  # strict JSON: null where the official F1 is nan
+    results = json.loads(text)
+    assert results["events"]["overall"]["f1"] is None and results["events"]["failed"] == 2
+    assert "temperature" not in results["judge"]  # official requests send none; judge_sampling says what was sent
+    with ScriptedServer(lambda body: ("reply", scripted_judge(body, entail_word="moves"))) as good:
+        fixed = subprocess.run(args(good.url), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert fixed.returncode == 0, fixed.stderr[-3000:]
+        asked = len(good.requests)
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge_calls"] == asked > 0  # nothing came from the cache: the failures were not kept
+    assert results["judge_answers"] == {f"judge @ {good.url}": asked}  # who answered
+    assert results["events"]["overall"]["success"] == 2 and results["events"]["failed"] == 0

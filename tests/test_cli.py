@@ -1,5 +1,6 @@
 """End-to-end CLI: fit -> validate --bench -> predict on the tiny default, config printing, and the one-line
 message of every user error (run as a subprocess: exit 2, no traceback, nothing written)."""
+import csv
 import json
 import os
 import subprocess
@@ -50,31 +51,37 @@ def test_fit_validate_predict_on_tiny_default(tmp_path):
 
     out = vcap("validate", "--bench", "shapes", *shapes, "--ckpt_path", last, "--limit", "2", cwd=tmp_path)
     assert "think_f1" in out.stdout and "caption_escore" in out.stdout
+    assert out.stdout.count("caption_escore") == 1  # vcap's table only, not Lightning's as well
     assert_quiet(out.stdout + out.stderr)
+    assert "trainable" not in out.stdout + out.stderr  # nothing trains in validate
     assert (tmp_path / "runs/validate-shapes/version_0/validation.json").exists()
 
     videos = tmp_path / "shapes/videos"
-    vcap("predict", "--config", ROOT / "vcap/benches/shapes.yaml", "--data.init_args.predict_videos", f"[{videos}]",
-         "--output", tmp_path / "preds.jsonl", "--ckpt_path", last, *shapes, cwd=tmp_path)
+    out = vcap("predict", "--config", ROOT / "vcap/benches/shapes.yaml", "--data.init_args.predict_videos",
+               f"[{videos}]", "--output", tmp_path / "preds.jsonl", "--ckpt_path", last, *shapes, cwd=tmp_path)
+    assert (out.stdout + out.stderr).count("predictions written") == 1 and "trainable" not in out.stdout + out.stderr
     rows = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and {"id", "video", "completion", "think", "answer", "subjects"} <= set(rows[0])
 
 
-def test_resume_from_last_via_cli(tmp_path):
+def test_resume_from_last_with_a_checkpoint_folder_of_its_own(tmp_path):
+    """ModelCheckpoint.dirpath set outside the run folder: the checkpoint names its run folder, so --ckpt_path last
+    continues there (the shipped configs leave dirpath unset: tests/test_interrupts.py)."""
     args = ["fit", "--config", ROOT / "configs/demo.yaml", *small_shapes(tmp_path / "shapes"),
             "--trainer.validate_before_fit", "false", "--trainer.val_check_interval", "100",
             "--trainer.limit_val_batches", "0", "--model.init_args.num_generations", "2",
-            "--model.init_args.max_completion_length", "8", "--data.init_args.batch_size", "2"]
-    extra = tmp_path / "every-step.yaml"
-    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
-        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-        "init_args": {"dirpath": str(tmp_path / "ck"), "save_last": True, "every_n_train_steps": 1}}]}}))
-    ckpt = ["--config", extra]
-    vcap(*args, "--trainer.max_steps", "1", *ckpt, cwd=tmp_path)
+            "--model.init_args.max_completion_length", "8", "--data.init_args.batch_size", "2",
+            "--trainer.log_every_n_steps", "1", "--trainer.callbacks.init_args.every_n_train_steps", "1",
+            "--trainer.callbacks.init_args.dirpath", tmp_path / "ck"]
+    vcap(*args, "--trainer.max_steps", "1", cwd=tmp_path)
     assert torch.load(tmp_path / "ck/last.ckpt", weights_only=False)["global_step"] == 1
-    out = vcap(*args, "--trainer.max_steps", "2", *ckpt, "--ckpt_path", "last", cwd=tmp_path)
+    out = vcap(*args, "--trainer.max_steps", "2", "--ckpt_path", "last", cwd=tmp_path)
     assert "Restoring states from the checkpoint" in out.stdout + out.stderr
     assert torch.load(tmp_path / "ck/last.ckpt", weights_only=False)["global_step"] == 2
+    assert not (tmp_path / "runs/demo-grpo/version_1").exists()
+    with open(tmp_path / "runs/demo-grpo/version_0/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["step"]) for r in rows] == [("0", "1"), ("0", "2")]  # one run folder, one metrics.csv
 
 
 @pytest.mark.parametrize("how", ["stacked lora.yaml", "short name", "inline"])
@@ -213,7 +220,7 @@ def test_optimizer_option_says_where_the_optimizer_is_set(tmp_path):
     (["--model.init_args.num_generation", "4"],
      "--model.init_args.num_generation is not an option of GRPOModule; did you mean 'num_generations'?"),
     (["--model", "GRPOModul"], "--model GRPOModul: no such class; did you mean 'GRPOModule'?"),
-    (["--model.init_args.num_generations", "1"], "bad configuration: num_generations must be >= 2"),
+    (["--model.init_args.num_generations", "1"], "--model.init_args.num_generations 1: must be at least 2"),
     (["--data.init_args.batch_size", "two"], "--data.init_args.batch_size: expected int, got 'two'"),
     (["--ckpt_path", "nope.ckpt"], "--ckpt_path nope.ckpt: no such checkpoint file"),
 ])

@@ -73,7 +73,7 @@ def test_bad_video_policy_skip_and_error(bad_videos, shapes_manifest):
     assert items[0]["frames"] is not None
     assert [it["frames"] is None for it in items[1:]] == [True] * 4
     assert all(it["record"]["id"] in it["error"] or it["record"]["video"] in it["error"] for it in items[1:])
-    with pytest.raises(BadVideoError, match="corrupt.mp4.*bad_video: skip"):
+    with pytest.raises(BadVideoError, match="corrupt.mp4.*--data.init_args.bad_video skip"):
         VideoRecords(records, FrameSampling(nframes=4), "error")[2]
 
 
@@ -162,6 +162,7 @@ def test_missing_fields_a_recipe_needs_point_to_annotate(tmp_path):
 def test_check_inputs_reads_manifests_without_a_processor(tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps(GOOD) + "\n")
+    (tmp_path / GOOD["video"]).write_bytes(b"not decoded by the check")  # only the file system is asked
     dm = CaptionDataModule(manifest=str(manifest), processor=str(tmp_path / "no-such-processor"))
     with pytest.raises(UsageError, match="no record of the manifest has split 'val'"):
         dm.check_inputs("validate")

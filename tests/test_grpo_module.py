@@ -11,6 +11,7 @@ from vcap.data.datamodule import CaptionDataModule
 from vcap.grpo.module import GRPOModule
 from vcap.grpo.rollout import chunked_logprobs, sample_completions
 from vcap.model.loading import load_policy
+from vcap.seeding import base_seed, seed_step
 
 REWARDS = {"tests.helpers:LengthReward": 1.0, "format": 1.0}
 
@@ -80,22 +81,24 @@ def test_resume_restores_step_optimizer_and_rng(tmp_path, tiny_path, shapes_mani
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1, save_top_k=-1)
     make_trainer(tmp_path, 2, callbacks=[ckpt]).fit(first, datamodule=make_data(tiny_path, shapes_manifest))
     saved = torch.load(ckpt_dir / "last.ckpt", weights_only=False)
-    assert saved["global_step"] == 2 and "vcap_rng" in saved
+    assert saved["global_step"] == 2 and saved["vcap_run"] == {"seed": base_seed(), "skipped_videos": 0}
     assert not any(k.startswith("ref_model.") for k in saved["state_dict"])  # the reference is rebuilt, not stored
 
     resumed = make_module(tiny_path)
     trainer = make_trainer(tmp_path, 3, callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True)])
-    restored_rng = {}
-    original = resumed.on_load_checkpoint
+    step_rng = {}
+    original = resumed.training_step
 
-    def spy(checkpoint):
-        original(checkpoint)
-        restored_rng["state"] = torch.get_rng_state().clone()
+    def spy(batch, batch_idx):
+        step_rng["state"] = torch.get_rng_state().clone()
+        return original(batch, batch_idx)
 
-    resumed.on_load_checkpoint = spy
+    resumed.training_step = spy
+    torch.manual_seed(123)  # whatever the process drew before: the step's randomness depends on the step alone
     trainer.fit(resumed, datamodule=make_data(tiny_path, shapes_manifest), ckpt_path="last")
     assert trainer.global_step == 3
-    assert torch.equal(restored_rng["state"], saved["vcap_rng"]["torch"])
+    seed_step(base_seed(), 2, 0)  # what step 3 (after 2 optimizer steps) starts from in the uninterrupted run
+    assert torch.equal(step_rng["state"], torch.get_rng_state())
     adam_steps = {int(s["step"]) for s in trainer.optimizers[0].state.values()}
     assert adam_steps == {3}  # 2 restored + 1 new, not a fresh optimizer
 
@@ -164,4 +167,4 @@ def test_shared_prefix_step_equals_repeated_step(tmp_path, tiny_path, shapes_man
     for name, (delta, weight) in repeated.items():
         err, scale = (shared[name][0] - delta).abs().max(), delta.abs().max()
         rounding = 2 * torch.finfo(torch.float32).eps * weight.abs().max()  # the weights' own fp32 resolution
-        assert err <= 1e-5 * scale + rounding, f"{name}: {err:.3g} vs {scale:.3g}"
+        assert err <= 2e-5 * scale + rounding, f"{name}: {err:.3g} vs {scale:.3g}"  # fp32 noise of two summations

@@ -29,10 +29,12 @@ def test_hf_judge_batches_caches_and_counts_failures(tiny_lm, tmp_path, monkeypa
     assert all(r.verdicts is None and "unparseable" in r.error for r in out)  # a random LM writes no JSON
     assert judge.calls == 3 and judge.failures == 3
 
-    # scripted replies: parsed, cached, and not asked again (a bad reply is cached too: a re-run replays it)
+    # scripted replies: parsed, cached, and not asked again; a failed judgment was not cached: asked again
     monkeypatch.setattr(judge, "complete", lambda prompts: ['{"verdicts": ["entailment"]}'] * len(prompts))
     assert judge.entail_many([("A green circle.", ["a circle"])])[0].verdicts == ["entailment"]
     monkeypatch.setattr(judge, "complete", lambda prompts: pytest.fail("cache miss"))
     assert judge.entail_many([("A green circle.", ["a circle"])])[0].verdicts == ["entailment"]
-    assert judge.entail_many([("A red circle.", ["a circle"])])[0].verdicts is None
+    monkeypatch.setattr(judge, "complete", lambda prompts: ['{"verdicts": ["neutral"]}'] * len(prompts))
+    assert judge.entail_many([("A red circle.", ["a circle"])])[0].verdicts == ["neutral"] and judge.calls == 5
+    assert judge.answered_by == {f"hf {tiny_lm}": 2, f"cache (hf {tiny_lm})": 1}  # provenance of every answer
     assert judge.describe()["backend"] == "hf"

@@ -55,8 +55,13 @@ def test_hub_ids_offline_and_online(monkeypatch, tmp_path):
 def test_checkpoint(tmp_path):
     assert ckpt_problem(None) is None and ckpt_problem("last") is None
     assert ckpt_problem(str(tmp_path / "x.ckpt")).startswith(f"--ckpt_path {tmp_path / 'x.ckpt'}: no such checkpoint")
-    (tmp_path / "x.ckpt").write_bytes(b"")
+    torch.save({"global_step": 1}, tmp_path / "x.ckpt")
     assert ckpt_problem(str(tmp_path / "x.ckpt")) is None
+    whole = (tmp_path / "x.ckpt").read_bytes()
+    (tmp_path / "x.ckpt").write_bytes(whole[: len(whole) // 2])  # cut short, as by a full disk
+    assert ckpt_problem(str(tmp_path / "x.ckpt")).startswith(f"--ckpt_path {tmp_path / 'x.ckpt'}: not a whole checkpoint")
+    (tmp_path / "x.ckpt").write_bytes(b"")
+    assert "not a whole checkpoint" in ckpt_problem(str(tmp_path / "x.ckpt"))
 
 
 @pytest.mark.parametrize("class_path, init_args, subcommand, expected", [

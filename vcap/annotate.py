@@ -6,7 +6,6 @@ that was answered. Other fields and video paths are copied unchanged.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from vcap.errors import ServiceError
 from vcap.judges import build_judge
+from vcap.textfiles import read_utf8, write_text_atomic
 
 FIELDS = ("events", "structure")
 
@@ -23,7 +24,7 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
@@ -49,6 +50,9 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
         raise ValueError(f"unknown fields {sorted(unknown)}; valid: {list(FIELDS)}")
     records = read_jsonl(Path(input))
     backend = build_judge(judge, **(judge_options or {}))
+    problem = backend.reachability_problem() if hasattr(backend, "reachability_problem") else None
+    if problem:
+        raise ServiceError(f"{problem}: start the server, or point --judge_options base_url at one that runs")
     counts = {"records": len(records), "no_caption": 0, **{f"{f}_present": 0 for f in fields},
               **{f"{f}_filled": 0 for f in fields}, **{f"{f}_failed": 0 for f in fields}}
     failed: list[str] = []
@@ -80,22 +84,29 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
                         counts[f"{f}_filled"] += 1
                 progress.advance(task, len(idx))
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    os.replace(tmp, out)
     counts["judge_calls"] = getattr(backend, "calls", 0)
-    report(counts, failed, out)
+    filled = sum(counts[f"{f}_filled"] for f in fields)
+    if total and not filled:  # every call failed: nothing to write, and the exit status says so
+        report(counts, failed, None)
+        raise ServiceError(f"vcap annotate: no record could be annotated ({len(failed)} failed, e.g. "
+                           f"{failed[0][:200]}); nothing was written to {out}. Check the judge "
+                           f"({backend.describe().get('base_url', backend.name)}); failed calls are asked again "
+                           "when you run it again")
+    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    report(counts, failed, out, dict(getattr(backend, "answered_by", {})))
     return counts
 
 
-def report(counts: dict[str, int], failed: list[str], out: Path) -> None:
+def report(counts: dict[str, int], failed: list[str], out: Path | None, answered_by: dict[str, int] | None = None
+           ) -> None:
     console = Console(stderr=True)
-    table = Table(title=f"vcap annotate -> {out}")
+    table = Table(title=f"vcap annotate -> {out or 'nothing written'}")
     table.add_column("count")
     table.add_column("value", justify="right")
     for key, value in counts.items():
         table.add_row(key, str(value))
+    for source, n in (answered_by or {}).items():  # provenance: this run's judge, or the cache and who filled it
+        table.add_row(f"answered by {source}", str(n))
     console.print(table)
     for line in failed[:20]:
         console.print(f"[red]failed[/red] {line}")

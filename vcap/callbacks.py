@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar
 from rich.console import Console
 from rich.table import Table
+
+from vcap.textfiles import write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +45,50 @@ class ValidationReport(L.Callback):
         if trainer.is_global_zero:
             self.write(log_dir)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A validate run stopped by Ctrl-C / SIGTERM keeps what it finished: the metrics of the batches done."""
+        if trainer.state.fn not in ("validate", "test") or not isinstance(exception, KeyboardInterrupt):
+            return
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        loop = trainer.validate_loop if trainer.state.fn == "validate" else trainer.test_loop
+        done, total = loop.batch_progress.current.completed, sum(loop.max_batches)
+        fn = getattr(trainer.state.fn, "value", trainer.state.fn)
+        what = f"{str(exception) or 'interrupted'} in {fn}"
+        evaluator = getattr(pl_module, "bench_evaluator", None)
+        if evaluator is not None:  # generations are appended as they are made
+            print(f"vcap: {what}: {len(evaluator.generations)} captions kept in {evaluator.out / 'generations.jsonl'}; "
+                  "the same command continues from them", file=sys.stderr, flush=True)
+            return
+        partial = getattr(pl_module, "partial_validation_metrics", None)
+        if not done or partial is None:
+            return
+        about = pl_module.describe() if hasattr(pl_module, "describe") else {}
+        self.runs.append({"label": f"{fn} (interrupted: {done} of {total} batches)",
+                          "global_step": trainer.global_step, "time": time.time(), "interrupted": True,
+                          "batches": [done, total], "metrics": partial(), **about})
+        log_dir = Path(trainer.loggers[0].log_dir if trainer.loggers else trainer.default_root_dir)  # no collective
+        self.write(log_dir)
+        print(f"vcap: {what}: the metrics of the {done} of {total} batches done are in {log_dir / self.filename}",
+              file=sys.stderr, flush=True)
+
     def write(self, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        path = log_dir / self.filename
-        path.write_text(json.dumps({"runs": self.runs, "latest": self.runs[-1]["metrics"]}, indent=2))
+        path = write_json(log_dir / self.filename, {"runs": self.runs, "latest": self.runs[-1]["metrics"]})
         table = Table(title=f"validation ({path})")
         table.add_column("metric")
         for run in self.runs[-4:]:
             table.add_column(run["label"], justify="right")
         for key in sorted({k for run in self.runs for k in run["metrics"]}):
-            table.add_row(key, *(f"{run['metrics'][key]:.4f}" if key in run["metrics"] else "-" for run in self.runs[-4:]))
+            table.add_row(key, *(_cell(run["metrics"].get(key)) for run in self.runs[-4:]))
         Console().print(table)
+
+
+def _cell(value: float | None) -> str:
+    """A table cell: '-' where the run did not log the metric, 'n/a' where nothing could be scored (NaN)."""
+    if value is None:
+        return "-"
+    return "n/a" if value != value else f"{value:.4f}"
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
@@ -73,7 +109,6 @@ class JsonlPredictionWriter(BasePredictionWriter):
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        log.info("predictions written to %s", self.output)
         Console().print(f"predictions written to [bold]{self.output}[/bold]")
 
 

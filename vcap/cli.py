@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
-from vcap.callbacks import JsonlPredictionWriter, ValidationReport, VcapProgressBar
-from vcap.plots import TrainingCurves
-from vcap.errors import UsageError, one_line, simplify_parser_message, user_error_types
+from vcap.errors import ServiceError, UsageError, one_line, simplify_parser_message, user_error_types
 from vcap.preflight import MODEL_NOT_SET, PreflightError, preflight
-from vcap.quiet import setup_logging
+from vcap.quiet import debug_enabled, setup_logging
+from vcap.checkpoints import CheckpointReadError, checkpoint_problem
+from vcap.leaf_options import apply_leaves, split_leaf_flags
+from vcap.resume import resolve_last
+from vcap.trainer import VcapTrainer  # noqa: F401  (vcap.cli.VcapTrainer is what vcap compare and users import)
 
 BENCH_DIR = Path(__file__).resolve().parent / "benches"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -36,86 +37,11 @@ OPTION_HINTS = {
 }
 
 
-class VcapTrainer(Trainer):
-    """Lightning's Trainer plus a validation report, a progress bar and optional validation before fit.
-
-    Args:
-        validate_before_fit: validate the starting model before training, so the report shows it
-            beside the trained one (skipped when resuming from a checkpoint).
-        callbacks: Lightning callbacks, e.g. ModelCheckpoint (vcap adds its validation report and progress bar).
-    """
-
-    def __init__(self, *args: Any, validate_before_fit: bool = False,
-                 callbacks: list[Callback] | Callback | None = None, **kwargs: Any):
-        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
-        if not any(isinstance(c, ValidationReport) for c in callbacks):
-            callbacks.append(ValidationReport())
-        if not any(isinstance(c, TrainingCurves) for c in callbacks):
-            callbacks.append(TrainingCurves())
-        if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, VcapProgressBar) for c in callbacks):
-            callbacks.append(VcapProgressBar())
-        super().__init__(*args, callbacks=callbacks, **kwargs)
-        self.validate_before_fit = validate_before_fit
-        self.pre_fit_validation = False
-
-    def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
-            datamodule: LightningDataModule | None = None, ckpt_path: str | Path | None = None,
-            weights_only: bool | None = None) -> None:
-        """Train the model (GRPO or SFT, by --model), validating every val_check_interval steps.
-
-        Args:
-            ckpt_path: checkpoint to resume from: a path, or 'last' for the newest of this run's checkpoints.
-            weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
-        """
-        if self.validate_before_fit and ckpt_path is None:
-            self.pre_fit_validation = True
-            try:
-                self.validate(model, dataloaders=val_dataloaders, datamodule=datamodule, verbose=False)
-            finally:
-                self.pre_fit_validation = False
-        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
-
-    def validate(self, model: LightningModule | None = None, dataloaders: Any = None,
-                 ckpt_path: str | Path | None = None, verbose: bool = True,
-                 datamodule: LightningDataModule | None = None, weights_only: bool | None = None):
-        """Evaluate the model on the validation split, or on a benchmark with --bench NAME.
-
-        Args:
-            ckpt_path: checkpoint whose weights are evaluated (default: the model as loaded).
-            verbose: also print Lightning's table of logged metrics.
-            weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
-        """
-        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
-
-    def test(self, model: LightningModule | None = None, dataloaders: Any = None,
-             ckpt_path: str | Path | None = None, verbose: bool = True,
-             datamodule: LightningDataModule | None = None, weights_only: bool | None = None):
-        """Same as validate (vcap data modules hold no separate test split).
-
-        Args:
-            ckpt_path: checkpoint whose weights are evaluated (default: the model as loaded).
-            verbose: also print Lightning's table of logged metrics.
-            weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
-        """
-        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
-
-    def predict(self, model: LightningModule | None = None, dataloaders: Any = None,
-                datamodule: LightningDataModule | None = None, return_predictions: bool | None = False,
-                ckpt_path: str | Path | None = None, weights_only: bool | None = None,
-                output: str = "predictions.jsonl"):
-        """Caption videos (--data.init_args.predict_videos) and write think + answer as JSON lines.
-
-        Args:
-            return_predictions: also keep every prediction in memory (off: they are streamed to ``output``).
-            ckpt_path: checkpoint whose weights caption the videos (default: the model as loaded).
-            weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
-            output: JSONL file for the captions (think + answer), one line per video.
-        """
-        self.callbacks.append(JsonlPredictionWriter(output))
-        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
-
-
 class VcapCLI(LightningCLI):
+    def __init__(self, *args: Any, leaf_flags: list | None = None, **kwargs: Any):
+        self.leaf_flags = leaf_flags or []  # dotted flags into mapping options (vcap.leaf_options)
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.name_or_path", "data.init_args.processor")
 
@@ -141,8 +67,24 @@ class VcapCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Validate accelerator, model, checkpoint and data before anything loads or writes a file."""
-        if self.subcommand is not None:
-            preflight(self.subcommand, self.config[self.subcommand])
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        apply_leaves(config, self.leaf_flags)
+        preflight(self.subcommand, config)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads a checkpoint's hyperparameters here, before any check: ``fit --ckpt_path last``
+        becomes the newest last checkpoint of the run (continued in its own folder), and a checkpoint file that
+        is not whole is one line instead of a PytorchStreamReader traceback."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if subcommand == "fit" and str(ckpt_path) == "last":
+            resolve_last(config)
+        elif ckpt_path and Path(str(ckpt_path)).is_file() and (problem := checkpoint_problem(ckpt_path)):
+            raise CheckpointReadError(problem)
+        super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
         try:
@@ -230,7 +172,7 @@ def run(args: list[str], from_sys_argv: bool) -> None:
     from vcap.policy import CaptionPolicyModule
     from vcap.sft import SFTModule  # noqa: F401
 
-    expanded = expand_bench(args)
+    expanded, leaves = split_leaf_flags(expand_bench(args))
     argv = None
     if from_sys_argv:  # LightningCLI reads sys.argv itself; rewrite it so --bench works there too
         sys.argv[1:] = expanded
@@ -241,7 +183,7 @@ def run(args: list[str], from_sys_argv: bool) -> None:
         trainer_class=VcapTrainer, args=argv, save_config_kwargs={"overwrite": True},
         trainer_defaults={"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                      "init_args": {"save_dir": "runs", "name": "vcap"}}},
-        parser_kwargs=parser_kwargs(), auto_configure_optimizers=False,
+        parser_kwargs=parser_kwargs(), auto_configure_optimizers=False, leaf_flags=leaves,
     )
 
 
@@ -254,22 +196,25 @@ def error_lines(err: BaseException, args: list[str]) -> list[str]:
 
 
 def debug_requested(args: list[str]) -> bool:
-    return "--debug" in args or os.environ.get("VCAP_DEBUG", "").lower() not in ("", "0", "false", "no")
+    return "--debug" in args or debug_enabled()
 
 
 def main(args: list[str] | None = None) -> None:
     raw = list(sys.argv[1:] if args is None else args)
     debug = debug_requested(raw)
+    if debug:
+        os.environ["VCAP_DEBUG"] = "1"  # DataLoader workers and subprocesses show third-party output too
     raw = [a for a in raw if a != "--debug"]
     setup_logging(debug)
     try:
         run(raw, from_sys_argv=args is None)
     except Exception as err:
-        if debug or not isinstance(err, user_error_types()):
+        service = isinstance(err, ServiceError)  # the judge, the disk: exit 1; the user's input: exit 2
+        if debug or not (service or isinstance(err, user_error_types())):
             raise
         for line in error_lines(err, raw):
             print(f"vcap: error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(1 if service else 2) from None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ class UsageError(ValueError):
     """A bad option, input path or manifest; the message names the flag or field and how to fix it."""
 
 
+class ServiceError(RuntimeError):
+    """Something outside vcap failed so that the run cannot go on (a judge server down, a full disk, nothing could
+    be scored): one line naming what and where, exit status 1."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "fix your input", wherever they are raised (imported lazily: heavy modules)."""
     from jsonargparse import ArgumentError
@@ -59,9 +64,13 @@ def init_parameters(cls: type) -> list[str]:
     return names
 
 
-def did_you_mean(word: str, choices: list[str]) -> str:
+def did_you_mean(word: str, choices: list[str], strip: bool = False) -> str:
+    """``; did you mean 'x'?`` for the closest choice, or nothing; ``strip`` drops the leading ``--`` of the answer
+    (a key in a config file has none)."""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    if not close:
+        return ""
+    return f"; did you mean '{close[0].lstrip('-') if strip else close[0]}'?"
 
 
 def _import(path: str) -> type | None:
@@ -120,6 +129,8 @@ def simplify_parser_message(text: str, options: list[str] | None = None) -> str:
         hint = (": start from a recipe, e.g. --config configs/demo.yaml, or name the classes, e.g. "
                 "--model GRPOModule --data ShapesDataModule") if {"--model", "--data"} & set(flags) else ""
         return f"missing {' and '.join(flags)}{hint}"
+    if m := re.search(r"does not accept option '([\w.]+)'", leaf):  # a key of a config file
+        return f"unknown option {m[1]} (in a config file){did_you_mean('--' + m[1], options or [], strip=True)}"
     if m := re.search(r"[Uu]nrecognized arguments: (\S+)", leaf):
         option = m[1].split("=", 1)[0]
         return f"unknown option {option}{did_you_mean(option, options or [])}"

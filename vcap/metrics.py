@@ -96,8 +96,11 @@ class CaptionScore(Metric):
             setattr(self, key, getattr(self, key) + value)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        n = self.count.clamp(min=1)
+        """Means over the captions the judge could score; NaN (never 0) when it scored none."""
+        n = self.count if self.count > 0 else torch.tensor(float("nan"), dtype=self.count.dtype)
         recall, precision = self.recall / n, self.precision / n
         f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else torch.zeros_like(recall)
+        if self.count == 0:
+            f1 = torch.full_like(recall, float("nan"))
         return {k: v.float() for k, v in dict(event_recall=recall, event_precision=precision, event_f1=f1,
                                               escore=self.escore / n, failed=self.failed).items()}

@@ -42,6 +42,19 @@ class TrainingCurves(L.Callback):
         self.train: dict[str, list[tuple[int, float]]] = {}
         self.val: list[tuple[int, dict[str, float]]] = []
 
+    def seed(self, rows: list[dict]) -> None:
+        """The earlier part of a resumed run, from its metrics.csv rows (``step`` is the global step)."""
+        for row in rows:
+            step = int(float(row["step"]))
+            val = {k[4:]: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)}
+            if val:
+                self.val.append((step, val))
+            for key, value in row.items():
+                name = key[len("train/"):] if key.startswith("train/") else None
+                if value not in ("", None) and (name == "reward" or (name and name.startswith("reward/")
+                                                                       and name.count("/") == 1)):
+                    self.train.setdefault(name, []).append((step, float(value)))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         for key, value in trainer.callback_metrics.items():
             name = key[len("train/"):] if key.startswith("train/") else None
@@ -63,6 +76,16 @@ class TrainingCurves(L.Callback):
             return
         self.write(path)
         log.info("training curves written to %s", path)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        """An interrupted or stopped fit still leaves its curves."""
+        if trainer.state.fn == "fit" and trainer.is_global_zero and (self.train or self.val):
+            # the logger's own folder: trainer.log_dir is a collective, and other ranks may be gone by now
+            path = Path(trainer.loggers[0].log_dir if trainer.loggers else trainer.default_root_dir) / self.filename
+            try:
+                self.write(path)
+            except Exception as err:  # a plotting problem must not hide why the run stopped
+                log.warning("could not write %s: %s", path, err)
 
     def write(self, path: Path) -> Path:
         import matplotlib

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from peft import PeftConfig
 
+from vcap.errors import UsageError
 from vcap.distributed import all_reduce_gradients, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
@@ -18,11 +17,19 @@ from vcap.model.export import export_model
 from vcap.model.loading import as_peft_config, count_parameters, load_policy, load_processor
 from vcap.model.memory_check import SHARDING_STRATEGIES, check_memory
 from vcap.model.precision import check_trainable_precision
+from vcap.options import model_option_problems
 from vcap.rewards import RewardSet, parse_completion
 from vcap.rewards.caption import sample_events
 from vcap.rewards.parsing import subjects_from_json
+from vcap.seeding import base_seed, seed_step
 
 log = logging.getLogger(__name__)
+
+
+class AllVideosBadError(UsageError):
+    """A training epoch without a single decodable video."""
+
+
 DEFAULT_REWARDS = {"format": 1.0, "think": 1.0, "caption": 1.0}
 
 
@@ -65,6 +72,9 @@ class CaptionPolicyModule(L.LightningModule):
                  allow_low_precision_training: bool = False, memory_check: bool = True):
         super().__init__()
         self.save_hyperparameters()  # under the CLI, hparams keep the config as written (peft as class_path/init_args)
+        problems = model_option_problems(self.hparams)  # the CLI checked them already; Python callers too
+        if problems:
+            raise UsageError(problems[0])
         self.peft_config = as_peft_config(peft)
         self.reward_set = RewardSet(DEFAULT_REWARDS if rewards is None else rewards, reward_options)
         # validation metrics reuse the rewards' scorer and judge (one embedding model, one client and cache)
@@ -81,6 +91,10 @@ class CaptionPolicyModule(L.LightningModule):
         self.model = None
         self.processor = None
         self.skipped_videos = 0
+        self.skipped_before_batch = 0
+        self.resumed_seed: int | None = None
+        self.last_skip_error: str | None = None
+        self.batch_counts = torch.zeros(2)  # (batches, batches with at least one decodable video) in this epoch
         self.syncs_own_gradients = False
         self.samples_dir: Path | None = None
 
@@ -101,7 +115,10 @@ class CaptionPolicyModule(L.LightningModule):
         self.model = load_policy(hp.name_or_path, hp.dtype, hp.attn_implementation, hp.gradient_checkpointing,
                                  hp.freeze_vision, self.peft_config, hp.load_in_4bit).train()  # from_pretrained gives eval mode
         trainable, total = count_parameters(self.model)
-        log.info("policy %s: %s trainable / %s parameters", hp.name_or_path, f"{trainable:,}", f"{total:,}")
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            log.info("policy %s: %s trainable / %s parameters", hp.name_or_path, f"{trainable:,}", f"{total:,}")
+        else:  # validate / predict train nothing: a trainable count would only mislead
+            log.info("policy %s: %s parameters", hp.name_or_path, f"{total:,}")
         self.strict_loading = self.peft_config is None  # PEFT checkpoints hold only adapter weights
 
     @property
@@ -130,6 +147,7 @@ class CaptionPolicyModule(L.LightningModule):
             self.skipped_videos += len(batch["skipped"])
             for item in batch["skipped"]:
                 log.warning("skipped video %s: %s", item["video"], item["error"])
+                self.last_skip_error = item["error"]
         if not self.trainer.predicting:  # predict loops cannot log; skips are in the output rows instead
             self.log("data/skipped_videos", float(self.skipped_videos), reduce_fx="max", batch_size=1)
 
@@ -159,18 +177,27 @@ class CaptionPolicyModule(L.LightningModule):
         parsed = [parse_completion(t) for t in texts]
         n = len(records)
         rewards = self.reward_set(parsed, records)
-        self.log("val/reward", rewards.scores.mean(), batch_size=n, sync_dist=True)
+        judged = ~rewards.failed  # a failed judgment is unknown, not 0: left out of every mean, counted instead
+        self.log_mean("val/reward", rewards.scores, judged)
         for name, values in rewards.components.items():
-            self.log(f"val/reward/{name}", values.mean(), batch_size=n, sync_dist=True)
+            self.log_mean(f"val/reward/{name}", values, ~values.isnan())
+        self.log("val/judge_failures", rewards.failed.sum().float(), reduce_fx="sum", batch_size=1, sync_dist=True)
         self.think_f1.update([p.subjects for p in parsed], [subjects_from_json(r["structure"]) for r in records])
         self.caption_score.update([p.answer for p in parsed], [sample_events(r) for r in records],
                                   [r.get("caption", "") for r in records])
         if batch_idx == 0:
             log.info("val sample %s: %s", records[0].get("id"), texts[0][:300])
 
+    def log_mean(self, name: str, values: torch.Tensor, keep: torch.Tensor) -> None:
+        """The epoch's mean of ``values[keep]``, weighted by how many were kept: a batch with none kept weighs 0,
+        and an epoch with none is NaN (n/a), never 0. Every rank logs every key, as sync_dist needs."""
+        kept = int(keep.sum())
+        self.log(name, values[keep].mean() if kept else torch.tensor(0.0), batch_size=kept, sync_dist=True)
+
     def on_validation_epoch_end(self) -> None:
         if self.bench_evaluator is not None:
             results = self.bench_evaluator.finish(self.trainer.datamodule.records, self.hparams.name_or_path)
+            self.bench_evaluator.check_scored(results)  # every sample failed: a non-zero exit, not a table of 0s
             for name, value in self.bench_evaluator.metrics(results).items():
                 self.log(f"val/{name}", float(value))
             return
@@ -181,9 +208,19 @@ class CaptionPolicyModule(L.LightningModule):
         self.think_f1.reset()
         self.caption_score.reset()
 
+    def partial_validation_metrics(self) -> dict[str, float]:
+        """The think and caption metrics over the validation batches done so far (an interrupted run keeps them);
+        benchmarks keep their generations instead (generations.jsonl)."""
+        if self.bench_evaluator is not None:
+            return {}
+        metrics = {f"think_{k}": float(v) for k, v in self.think_f1.compute().items()}
+        metrics.update({f"caption_{k}": float(v) for k, v in self.caption_score.compute().items()})
+        return metrics
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         self.count_skips(batch)
-        out = [{"id": Path(x["video"]).stem, "video": x["video"], "skipped": x["error"]} for x in batch["skipped"]]
+        out = [{"id": x.get("id") or Path(x["video"]).stem, "video": x["video"], "skipped": x["error"]}
+               for x in batch["skipped"]]
         if batch["inputs"] is None:
             return out
         for record, text in zip(batch["records"], self.greedy(batch)):
@@ -210,10 +247,26 @@ class CaptionPolicyModule(L.LightningModule):
         self.samples_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: all ranks
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed_step(self.run_seed, self.global_step, self.global_rank)  # a resumed step draws what it drew before
+        self.skipped_before_batch = self.skipped_videos
         # Lightning re-arms DDP's reducer after every step, so switch it off before each one;
         # see vcap.distributed for why GRPO syncs its own gradients
         if not self.automatic_optimization:
             self.syncs_own_gradients = take_over_ddp_gradient_sync(self.trainer.strategy.model)
+
+    def on_train_epoch_start(self) -> None:
+        self.batch_counts = torch.zeros(2)  # (batches, batches with at least one decodable video) in this epoch
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.batch_counts += torch.tensor([1.0, float(batch["inputs"] is not None)])
+
+    def on_train_epoch_end(self) -> None:
+        """An epoch in which no video could be decoded (every one skipped) would repeat forever under max_steps."""
+        seen, with_videos = self.trainer.strategy.reduce(self.batch_counts.to(self.device), reduce_op="sum").tolist()
+        if seen > 0 and with_videos == 0:
+            raise AllVideosBadError(f"no training video could be decoded in epoch {self.current_epoch} "
+                                    f"({self.skipped_videos} skipped, e.g. {self.last_skip_error}); fix the videos "
+                                    "or the manifest (--data.init_args.manifest)")
 
     def sync_and_clip_gradients(self, optimizer) -> None:
         """Average the accumulated gradients over DDP ranks, then clip them to ``max_grad_norm``; once per optimizer
@@ -248,23 +301,24 @@ class CaptionPolicyModule(L.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
         else:
             checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("ref_model.")}
-        np_state = np.random.get_state()  # tensors/ints only, so weights_only loading accepts the checkpoint
-        checkpoint["vcap_rng"] = {"torch": torch.get_rng_state(),
-                                  "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-                                  "python": random.getstate(), "skipped_videos": self.skipped_videos,
-                                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        # the randomness of every step derives from the run's seed (vcap.seeding): keep it, not RNG states
+        interrupted = checkpoint.get("vcap_interrupted", False)  # the interrupted batch's skips are counted again
+        checkpoint["vcap_run"] = {"seed": self.run_seed,
+                                  "skipped_videos": self.skipped_before_batch if interrupted else self.skipped_videos}
+        if self.samples_dir is not None:  # the run folder, so --ckpt_path last continues in it
+            checkpoint["vcap_log_dir"] = str(self.samples_dir.resolve())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.strict_loading = False  # reference copies and frozen PEFT bases are not stored
-        rng = checkpoint.get("vcap_rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            name, keys, *rest = rng["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-            random.setstate(rng["python"])
-            self.skipped_videos = rng.get("skipped_videos", 0)
-            if rng.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+        run = checkpoint.get("vcap_run") or {}
+        if "seed" in run:
+            self.resumed_seed = int(run["seed"])
+        self.skipped_videos = run.get("skipped_videos", (checkpoint.get("vcap_rng") or {}).get("skipped_videos", 0))
+
+    @property
+    def run_seed(self) -> int:
+        """The seed steps derive from: the checkpoint's when resuming (a random seed_everything differs)."""
+        return self.resumed_seed if self.resumed_seed is not None else base_seed()
 
     def on_train_end(self) -> None:
         if not self.hparams.export_dir:

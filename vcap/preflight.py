@@ -115,8 +115,14 @@ def hub_model_problem(repo_id: str, flag: str) -> str | None:
 
 
 def ckpt_problem(ckpt_path: Any) -> str | None:
-    if not isinstance(ckpt_path, (str, Path)) or str(ckpt_path) in CKPT_KEYWORDS or Path(ckpt_path).is_file():
+    from vcap.checkpoints import checkpoint_problem
+
+    if not isinstance(ckpt_path, (str, Path)) or str(ckpt_path) in CKPT_KEYWORDS:
         return None
+    if Path(ckpt_path).is_file():
+        return checkpoint_problem(ckpt_path)  # cut short by a full disk or a kill while written
+    if Path(ckpt_path).is_dir():
+        return None  # a sharded (FSDP / DeepSpeed) checkpoint folder
     return f"--ckpt_path {ckpt_path}: no such checkpoint file (or use 'last' / 'best' to resume a fit)"
 
 
@@ -160,6 +166,61 @@ def data_problem(data_cfg: Any, model_cfg: Any, subcommand: str) -> str | None:
     return None
 
 
+def _as_dict(namespace: Any) -> dict:
+    if namespace is None:
+        return {}
+    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace)
+
+
+def option_problems(model_cfg: Any, data_cfg: Any) -> list[str]:
+    """Numeric options out of range (vcap.options), for vcap's own model and data classes."""
+    from vcap.data.datamodule import CaptionDataModule
+    from vcap.options import data_option_problems, model_option_problems
+    from vcap.policy import CaptionPolicyModule
+
+    problems = []
+    for cfg, base, check in ((model_cfg, CaptionPolicyModule, model_option_problems),
+                             (data_cfg, CaptionDataModule, data_option_problems)):
+        cls = _class_or_none(cfg)
+        if isinstance(cls, type) and issubclass(cls, base):
+            problems += check(_as_dict(_get(cfg, "init_args")))
+    return problems
+
+
+def judge_urls(cfg: Any) -> dict[str, str]:
+    """base_url -> the config key that sets it, for every ``openai`` judge the run will call."""
+    import inspect
+
+    from vcap.judges.openai_judge import OpenAIJudge
+
+    default = inspect.signature(OpenAIJudge).parameters["base_url"].default
+    found: dict[str, str] = {}
+    model_args = _as_dict(_get(cfg, "model.init_args"))
+    for name, opts in (model_args.get("reward_options") or {}).items():
+        if isinstance(opts, dict) and opts.get("judge") == "openai":
+            url = (opts.get("judge_options") or {}).get("base_url", default)
+            found.setdefault(url, f"model.init_args.reward_options.{name}.judge_options.base_url")
+    data_args = _as_dict(_get(cfg, "data.init_args"))
+    if data_args.get("judge") == "openai" and _get(cfg, "data.init_args.bench"):
+        url = (data_args.get("judge_options") or {}).get("base_url", default)
+        found.setdefault(url, "--data.init_args.judge_options (its base_url)")
+    return found
+
+
+def judge_problems(subcommand: str, cfg: Any) -> list[str]:
+    """A judge server that does not answer fails here, in seconds, not at the first judged batch."""
+    from vcap.judges.openai_judge import reachability_problem
+
+    if subcommand not in ("fit", "validate", "test"):
+        return []
+    problems = []
+    for url, key in judge_urls(cfg).items():
+        problem = reachability_problem(url)
+        if problem:
+            problems.append(f"{problem}: start the server, or point {key} at one that runs")
+    return problems
+
+
 def preflight(subcommand: str, cfg: Any) -> None:
     """Raise ``PreflightError`` listing every problem found, one line each.
 
@@ -167,14 +228,17 @@ def preflight(subcommand: str, cfg: Any) -> None:
     once everything else is right, so a typo elsewhere never costs a dataset build.
     """
     model_cfg = _get(cfg, "model")
-    problems = [p for p in (accelerator_problem(_get(cfg, "trainer.accelerator")),
-                            model_problem(_get(model_cfg, "init_args.name_or_path") if model_cfg else None),
-                            ckpt_problem(_get(cfg, "ckpt_path"))) if p]
     data_cfg = _get(cfg, "data")
+    problems = option_problems(model_cfg, data_cfg)
+    problems += [p for p in (accelerator_problem(_get(cfg, "trainer.accelerator")),
+                             model_problem(_get(model_cfg, "init_args.name_or_path") if model_cfg else None),
+                             ckpt_problem(_get(cfg, "ckpt_path"))) if p]
     builds = getattr(_class_or_none(data_cfg), "builds_inputs", False)
     other_rank = os.environ.get("LOCAL_RANK", "0") != "0"  # rank 0 builds generated inputs, as prepare_data does
     if not builds or (not problems and not other_rank):
         problem = data_problem(data_cfg, model_cfg, subcommand)
         problems += [problem] if problem else []
+    if not problems:  # network calls only once everything else is right
+        problems += judge_problems(subcommand, cfg)
     if problems:
         raise PreflightError(problems)

@@ -5,8 +5,13 @@ it is harmless, so a real warning is never lost to a broad filter. ``VCAP_DEBUG=
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import re
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 import warnings
 
 from rich.console import Console
@@ -18,6 +23,7 @@ NOISE: tuple[str, ...] = (
     r"Failed to load CPU gemm_4bit_forward from kernels-community",  # bitsandbytes: optional faster CPU kernel
     r"(GPU|TPU|HPU) available: ",  # Lightning's hardware inventory; vcap logs the device it uses
     r"Seed set to \d+",
+    r"`weights_only` was not set, defaulting to `False`",  # Lightning loading vcap's own checkpoint
 )
 
 # Python warnings: (message regex, why it is harmless).
@@ -34,7 +40,40 @@ NOISY_WARNINGS: tuple[tuple[str, str], ...] = (
     (r"`is_gradient_checkpointing` is deprecated", "peft reads a transformers property renamed in 5.x; nothing for "
      "the user to do"),
     (r".*The `srun` command is available on your system", "SLURM hint irrelevant to single-node runs"),
+    (r"'pin_memory' argument is set as true but no accelerator is found", "a GPU recipe (pin_memory: true) run on "
+     "the CPU: pinning only speeds up copies to a GPU, and torch skips it"),
 )
+
+
+def debug_enabled() -> bool:
+    """``--debug`` / ``VCAP_DEBUG=1`` (the CLI sets the variable, so DataLoader workers see it too)."""
+    return os.environ.get("VCAP_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
+@contextmanager
+def c_output_silenced() -> Iterator[None]:
+    """Silence what C libraries write straight to file descriptors 1 and 2 while the block runs: decord and its
+    FFmpeg print "moov atom not found" / "video_reader.cc:83: ERROR opening" there, past Python's logging (the
+    BadVideoError that follows names the file and the reason). Shown with ``--debug``."""
+    if debug_enabled():
+        yield
+        return
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    libc.fflush(None)
+    saved = os.dup(1), os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        libc.fflush(None)  # C-buffered text goes to /dev/null, not to the terminal later
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 class NoiseFilter(logging.Filter):

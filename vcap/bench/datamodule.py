@@ -7,7 +7,7 @@ from typing import Any
 from vcap.bench import datasets
 from vcap.bench.evaluator import BenchEvaluator, check_protocol
 from vcap.bench.frames import SegmentMiddleSampling
-from vcap.data.datamodule import CaptionDataModule
+from vcap.data.datamodule import CaptionDataModule, check_limit
 
 FRAME_SAMPLINGS = ("uniform", "segment_middle")
 
@@ -36,6 +36,7 @@ class BenchDataModule(CaptionDataModule):
                  vdc_prompts: dict[str, list[str]] | None = None, frame_sampling: str = "uniform", **kwargs):
         super().__init__(**kwargs)
         check_protocol(bench, protocol, official_drop_zero)
+        check_limit(limit)
         if frame_sampling not in FRAME_SAMPLINGS:
             raise ValueError(f"unknown frame_sampling {frame_sampling!r}; valid: {list(FRAME_SAMPLINGS)}")
         if frame_sampling == "segment_middle":

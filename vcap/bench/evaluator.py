@@ -16,8 +16,10 @@ from rich.table import Table
 
 from vcap.bench.judging import OFFICIAL_SAMPLING, PROTOCOLS, judge_autodq, judge_vdc, scored_caption
 from vcap.bench.scoring import AutoDQSample, VDCVideo, autodq, vdcscore
+from vcap.errors import ServiceError
 from vcap.judges import build_judge
 from vcap.judges.llm import LLMJudge
+from vcap.textfiles import json_safe, write_json, write_text_atomic
 
 KINDS = {"dream1k": ("events",), "carebench": ("events", "objects"), "vdc": ()}
 
@@ -103,8 +105,11 @@ class BenchEvaluator:
         started = time.time()
         details = [{"id": r["id"], "completion": self.generations[r["id"]], "caption": c, "think": t}
                    for r, (c, t) in zip(records, parts)]
+        judge = self.judge.describe()
+        if self.protocol == "official":  # official requests carry the benchmark's sampling, not the judge's own
+            judge.pop("temperature", None)
         results = {"benchmark": self.bench, "protocol": self.protocol, "model": model, "samples": len(records),
-                   "judge": self.judge.describe(), "settings": self.settings, "bad_videos": bad, **self.notes}
+                   "judge": judge, "settings": self.settings, "bad_videos": bad, **self.notes}
         if self.protocol == "official":
             results["judge_sampling"] = OFFICIAL_SAMPLING[self.bench]
         kinds = KINDS[self.bench]
@@ -140,12 +145,30 @@ class BenchEvaluator:
                                  "failed_by_source": _failed_by_source(samples[kind]),
                                  "count_neutral": self.count_neutral}
         results["judge_seconds"] = round(time.time() - started, 2)
-        results["judge_calls"] = getattr(self.judge, "calls", None)
+        results["judge_calls"] = getattr(self.judge, "calls", None)  # sent by this run (cache misses, re-asks)
+        results["judge_answers"] = dict(getattr(self.judge, "answered_by", {}))  # who gave each answer used
         details += [{"id": b["id"], "bad_video": b["error"]} for b in bad]
-        (self.out / "records.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in details))
-        (self.out / "results.json").write_text(json.dumps(results, indent=2))
+        write_text_atomic(self.out / "records.jsonl",
+                          "".join(json.dumps(json_safe(d), ensure_ascii=False) + "\n" for d in details))
+        write_json(self.out / "results.json", results)
         self.print_table(results)
         return results
+
+    def check_scored(self, results: dict) -> None:
+        """Raise when not one sample could be scored (every judgment failed, or every video was bad): a table of
+        failures must not pass for a result. results.json is already written; failed calls are asked again."""
+        if self.bench == "vdc":
+            scored = sum(d["videos"] for d in results["vdcscore"]["dimensions"].values())
+        else:
+            scored = sum(results[kind]["overall"]["success"] for kind in KINDS[self.bench])
+        total = results["samples"] + len(results["bad_videos"])
+        if scored or not total:
+            return
+        first = next(iter(_errors(self.out / "records.jsonl")), "see records.jsonl")
+        raise NothingScoredError(f"{self.bench}: no sample could be scored ({total} failed, e.g. {first[:200]}); "
+                                 f"failures are in {self.out / 'records.jsonl'}. Check the judge "
+                                 f"({self.judge.describe().get('base_url', self.judge.name)}); a run started again "
+                                 "asks every failed call again")
 
     def print_table(self, results: dict) -> None:
         judge = results["judge"]
@@ -186,6 +209,23 @@ class BenchEvaluator:
                 flat[f"{self.bench}/{kind}_{key}"] = 100 * results[kind]["overall"][key]
             flat[f"{self.bench}/{kind}_failed"] = float(results[kind]["failed"])
         return flat
+
+
+class NothingScoredError(ServiceError):
+    """A benchmark run in which every sample failed."""
+
+
+def _errors(records_path: Path):
+    """The failure messages of records.jsonl, first to last."""
+    for line in records_path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("bad_video"):
+            yield f"bad video {row['id']}: {row['bad_video']}"
+        if row.get("error"):
+            yield str(row["error"])
+        for value in row.values():
+            if isinstance(value, dict):
+                yield from map(str, value.get("errors") or [])
 
 
 def _failed_by_source(samples: list[AutoDQSample]) -> dict[str, int]:

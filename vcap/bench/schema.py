@@ -10,6 +10,8 @@ from typing import Any, Iterator, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from vcap.textfiles import read_utf8
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -81,9 +83,9 @@ class RecordError(ValueError):
 
 def rows(path: Path) -> Iterator[tuple[str, Any]]:
     """("file:line", parsed value) for each record of a .jsonl file or of a JSON array / object of records."""
-    text = path.read_text()
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
                     yield f"{path}:{lineno}", json.loads(line)

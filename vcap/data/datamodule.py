@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 from vcap.data.manifest import read_manifest, records_from_videos
 from vcap.data.sampling import ResumableLoader, ResumableSampler
 from vcap.data.synthetic import ShapesSpec, build_shapes_dataset
-from vcap.data.video import BadVideoError, FrameSampling, decode_clip
+from vcap.data.video import BadVideoError, FrameSampling, decode_clip, video_problem
 from vcap.errors import UsageError
+from vcap.options import data_option_problems
 from vcap.model.families import QWEN2_VL, ModelFamily, family_for
 from vcap.prompts import DEFAULT_PROMPT, SYSTEM_PROMPT, build_messages
 
@@ -21,6 +22,13 @@ log = logging.getLogger(__name__)
 BAD_VIDEO_POLICIES = ("skip", "error")
 STAGE_DATASETS = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("validate",),
                   "predict": ("predict",)}
+
+
+def check_limit(limit: int | None) -> None:
+    """``--limit N`` evaluates the first N samples; 0 or less would silently mean all of them."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit (--data.init_args.limit) must be at least 1, got {limit}; leave it out to "
+                         "evaluate every sample")
 
 
 class VideoRecords(Dataset):
@@ -38,8 +46,8 @@ class VideoRecords(Dataset):
             frames, metadata = decode_clip(record["video"], self.sampling)
         except BadVideoError as err:
             if self.bad_video == "error":
-                raise BadVideoError(f"{err} (set data.bad_video: skip to skip such videos)") from err
-            log.warning("skipping bad video: %s", err)
+                raise BadVideoError(f"{err} (pass --data.init_args.bad_video skip to train without such videos)") from err
+            # not logged here: the step that receives the skip logs and counts it, once
             return {"record": record, "frames": None, "error": str(err)}
         return {"record": record, "frames": frames, "metadata": metadata, "error": None}
 
@@ -62,7 +70,8 @@ class PromptCollator:
 
     def __call__(self, items: list[dict]) -> dict[str, Any]:
         good = [it for it in items if it["frames"] is not None]
-        skipped = [{"video": it["record"]["video"], "error": it["error"]} for it in items if it["frames"] is None]
+        skipped = [{"id": it["record"].get("id"), "video": it["record"]["video"], "error": it["error"]}
+                   for it in items if it["frames"] is None]
         batch: dict[str, Any] = {"records": [it["record"] for it in good], "skipped": skipped, "inputs": None}
         if good:
             texts = [self.text(it["record"].get("prompt", self.prompt)) for it in good]
@@ -110,7 +119,11 @@ class CaptionDataModule(L.LightningDataModule):
         super().__init__()
         if bad_video not in BAD_VIDEO_POLICIES:
             raise UsageError(f"--data.init_args.bad_video must be one of {BAD_VIDEO_POLICIES}, got {bad_video!r}")
+        check_limit(limit)
         self.save_hyperparameters()
+        problems = data_option_problems(self.hparams)
+        if problems:
+            raise UsageError(problems[0])
         self.sampling = FrameSampling(fps, nframes, min_frames, max_frames)
         self.datasets: dict[str, VideoRecords] = {}
         self.collator: PromptCollator | None = None
@@ -162,7 +175,25 @@ class CaptionDataModule(L.LightningDataModule):
         The CLI calls this before it builds the model, so a typo fails in seconds and creates nothing.
         """
         self.required_fields = dict(required_fields or {})
-        self.stage_records(stage)
+        for name, records in self.stage_records(stage).items():
+            self.check_videos(name, records)
+
+    def check_videos(self, name: str, records: list[dict]) -> None:
+        """Videos the file system already says are bad (missing, a folder, empty): with ``bad_video: error`` the run
+        stops before it starts; with ``skip`` they are named once, and a training split with no video left stops."""
+        bad = [(r, problem) for r in records if (problem := video_problem(r["video"]))]
+        if not bad:
+            return
+        example = f"{bad[0][1]} (id {bad[0][0].get('id')!r})"
+        what = {"fit": "training", "validate": "validation", "predict": "prediction"}.get(name, name)
+        count = f"{len(bad)} of {len(records)} {what} videos cannot be read, e.g. {example}"
+        if self.hparams.bad_video == "error":
+            raise BadVideoError(f"{count}; fix the manifest, or pass --data.init_args.bad_video skip to run "
+                                "without them")
+        if len(bad) == len(records) and name == "fit":
+            raise BadVideoError(f"every training video is bad: {count}; fix the manifest "
+                                "(--data.init_args.manifest)")
+        log.warning("%s; they will be skipped (data.bad_video: skip)", count)
 
     def setup(self, stage: str) -> None:
         from vcap.model.export import apply_exported_preprocessing

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vcap.errors import UsageError
+from vcap.textfiles import read_utf8
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
 SPLITS = ("train", "val")
@@ -109,10 +111,11 @@ def read_manifest(path: str | Path, split: str | None = None, require: dict[str,
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path} (set {flag} to a JSONL file with one record per video; "
                             "see README, 'Manifest format')")
-    records, problems, missing = [], [], {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    entries, problems, missing, lines = [], [], {}, 0
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
+        lines += 1
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as err:
@@ -127,23 +130,61 @@ def read_manifest(path: str | Path, split: str | None = None, require: dict[str,
             errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo explains a gap
             problems += [f"{path}:{lineno}: {describe_problem(e)}" for e in errors]
             continue
+        out = dict(raw)
+        video = record.video
+        out["video"] = video if Path(video).is_absolute() else str((path.parent / video).resolve())
+        entries.append((lineno, record, out))
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s) in this file)" if len(problems) > 1 else ""
+        raise ManifestError(problems[0] + more)
+    if not lines:
+        raise ManifestError(f"manifest {path} is empty: write one JSON object per line, one per video "
+                            "(see README, 'Manifest format')")
+    assign_ids(path, entries)
+    records = []
+    for lineno, record, out in entries:
         if split is not None and record.split != split:
             continue
         for field in require or {}:
             if getattr(record, field) is None:
                 missing.setdefault(field, []).append(lineno)
-        out = dict(raw)
-        video = record.video
-        out["video"] = video if Path(video).is_absolute() else str((path.parent / video).resolve())
-        out.setdefault("id", Path(video).stem)
         records.append(out)
-    if problems:
-        more = f" (and {len(problems) - 1} more problem(s) in this file)" if len(problems) > 1 else ""
-        raise ManifestError(problems[0] + more)
     if missing:
-        field, lines = next(iter(missing.items()))
-        raise ManifestError(_needs_message(path, lines, field, require[field], len(records)))
+        field, lines_missing = next(iter(missing.items()))
+        raise ManifestError(_needs_message(path, lines_missing, field, require[field], len(records)))
     return records
+
+
+def unique_ids(videos: list[Path], root: Path | None = None) -> list[str]:
+    """The file name without suffix, or, where two different files share it (``a/clip.mp4``, ``b/clip.mp4``),
+    their path (relative to ``root`` when inside it) without suffix, so ids never collide."""
+    stems: dict[str, set[Path]] = {}
+    for video in videos:
+        stems.setdefault(video.stem, set()).add(video)
+    ids = []
+    for video in videos:
+        if len(stems[video.stem]) == 1:
+            ids.append(video.stem)
+            continue
+        name = video.with_suffix("")
+        if root is not None and name.is_relative_to(root):
+            name = name.relative_to(root)
+        ids.append(name.as_posix())
+    return ids
+
+
+def assign_ids(path: Path, entries: list[tuple[int, ManifestRecord, dict]]) -> None:
+    """Default ids (``unique_ids``) for records without one; an id given twice for different videos is an error."""
+    defaults = iter(unique_ids([Path(out["video"]) for _, record, out in entries if record.id is None],
+                               path.parent.resolve()))
+    seen: dict[str, tuple[int, str]] = {}
+    for lineno, record, out in entries:
+        if record.id is None:
+            out["id"] = next(defaults)
+        first = seen.setdefault(out["id"], (lineno, out["video"]))
+        if first[1] != out["video"]:
+            raise ManifestError(f"{path}:{lineno}: id {out['id']!r} is already the id of line {first[0]} (another "
+                                "video); give each video its own id")
 
 
 def records_from_videos(videos: list[str]) -> list[dict]:
@@ -157,5 +198,7 @@ def records_from_videos(videos: list[str]) -> list[dict]:
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in VIDEO_SUFFIXES) if p.is_dir() else [p]
         if p.is_dir() and not files:
             raise ManifestError(f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) under {p}")
-        records += [{"id": f.stem, "video": str(f.resolve())} for f in files]
-    return records
+        records += [{"video": str(f.resolve())} for f in files]
+    videos = [Path(r["video"]) for r in records]
+    root = Path(os.path.commonpath(videos)) if videos else None
+    return [{"id": id_, **r} for id_, r in zip(unique_ids(videos, root), records)]

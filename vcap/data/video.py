@@ -42,6 +42,20 @@ class FrameSampling:
         return np.linspace(0, total_frames - 1, n).round().astype(np.int64)
 
 
+def video_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a video, from the file system alone (no decoding): None when it may be one."""
+    path = Path(path)
+    if path.is_dir():
+        return f"video is a folder, not a file: {path}"
+    if not path.exists():
+        return f"video not found: {path}"
+    if not path.is_file():
+        return f"video is not a regular file: {path}"
+    if path.stat().st_size == 0:
+        return f"video is empty (0 bytes): {path}"
+    return None
+
+
 def decode_frames(path: str | Path, sampling: FrameSampling) -> tuple[np.ndarray, float]:
     """(T, H, W, 3) uint8 frames and the source fps; BadVideoError naming the file on any failure."""
     frames, metadata = decode_clip(path, sampling)
@@ -53,21 +67,26 @@ def decode_clip(path: str | Path, sampling: FrameSampling) -> tuple[np.ndarray, 
     Qwen3-VL's frame timestamps): source ``fps``, ``total_num_frames`` and the sampled ``frames_indices``."""
     import decord
 
+    from vcap.quiet import c_output_silenced
+
     path = Path(path)
-    if not path.is_file():
-        raise BadVideoError(f"video not found: {path}")
+    problem = video_problem(path)
+    if problem:
+        raise BadVideoError(problem)
     try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        total = len(reader)
-        if total == 0:
-            raise BadVideoError(f"video has no frames: {path}")
-        video_fps = float(reader.get_avg_fps() or 0.0) or 1.0
-        indices = sampling.indices(total, video_fps).tolist()
-        frames = reader.get_batch(indices).asnumpy()
+        with c_output_silenced():
+            reader = decord.VideoReader(str(path), num_threads=1)
+            total = len(reader)
+            if total == 0:
+                raise BadVideoError(f"video has no frames: {path}")
+            video_fps = float(reader.get_avg_fps() or 0.0) or 1.0
+            indices = sampling.indices(total, video_fps).tolist()
+            frames = reader.get_batch(indices).asnumpy()
     except BadVideoError:
         raise
     except Exception as err:  # decord raises its own DECORDError and RuntimeErrors
-        raise BadVideoError(f"cannot decode video {path}: {type(err).__name__}: {str(err)[:200]}") from err
+        reason = (str(err).strip().splitlines() or ["no reason given"])[0][:200]
+        raise BadVideoError(f"cannot decode video {path}: {type(err).__name__}: {reason}") from err
     if frames.ndim != 4 or frames.shape[0] == 0 or math.prod(frames.shape) == 0:
         raise BadVideoError(f"video decoded to an empty array: {path}")
     return frames, {"fps": video_fps, "total_num_frames": total, "frames_indices": indices}

@@ -149,15 +149,17 @@ class GRPOModule(CaptionPolicyModule):
         lengths = rollout.completion_mask.sum(dim=1).float()
         grouped = rewards.scores.view(-1, self.hparams.num_generations)
         metrics = {
-            "train/reward": rewards.scores.mean(), "train/reward_std": grouped.std(dim=1).mean(),
+            "train/reward": rewards.scores[~rewards.excluded].mean(),  # the rewards the update used
+            "train/reward_std": grouped.std(dim=1).mean(),
             "train/frac_reward_zero_std": adv.zero_std.float().mean(),
             "train/completion_length": lengths.mean(),
             "train/clipped_completions": truncated(rollout.completion_ids, rollout.completion_mask,
                                                    self.eos_token_ids).float().mean(),
             "train/reward_failures": torch.tensor(float(len(rewards.failures))),
+            "train/judge_failures": rewards.failed.sum().float(),
             "train/lr": torch.tensor(self.lr_schedulers().get_last_lr()[0]),
             **{f"train/{k}": v for k, v in stats.items()},
-            **{f"train/reward/{k}": v.mean() for k, v in rewards.components.items()},
+            **{f"train/reward/{k}": v.nanmean() for k, v in rewards.components.items()},  # failed judgments: NaN
             **{f"rollout/{k}": torch.tensor(float(v)) for k, v in self.rollout_engine.last_stats.items()},
         }
         self.log_dict(metrics, batch_size=n, prog_bar=False)

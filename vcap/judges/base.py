@@ -4,9 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vcap.errors import ServiceError
 from vcap.registry import Registry
 
 VERDICTS = ("entailment", "neutral", "contradiction")
+
+
+class JudgeUnavailableError(ServiceError):
+    """Too many judge calls in a row got no reply: the message names the judge's URL."""
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""On-disk cache of judge replies keyed by (model, prompt, sampling params): re-runs never pay twice."""
+"""On-disk cache of judge answers keyed by (model, prompt, sampling params): re-runs never pay twice.
+
+Only replies that parsed are stored: a failed judgment is asked again by the next run, never replayed as an
+answer. Each row records which judge answered (``source``, e.g. ``model @ base_url``), so results can say
+where their answers came from.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -21,16 +26,26 @@ class ReplyCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
         self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(replies)")}
+        if "source" not in columns:  # a cache written before provenance was kept
+            self._db.execute("ALTER TABLE replies ADD COLUMN source TEXT")
         self._db.commit()
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str) -> tuple[str, str | None] | None:
+        """(reply, which judge answered it; None for rows older than provenance) or None."""
         with self._lock:
-            row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+            row = self._db.execute("SELECT reply, source FROM replies WHERE key = ?", (key,)).fetchone()
+        return (row[0], row[1]) if row else None
 
-    def put(self, key: str, reply: str) -> None:
+    def put(self, key: str, reply: str, source: str | None = None) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, reply))
+            self._db.execute("INSERT OR REPLACE INTO replies (key, reply, source) VALUES (?, ?, ?)",
+                             (key, reply, source))
+            self._db.commit()
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM replies WHERE key = ?", (key,))
             self._db.commit()
 
     def __len__(self) -> int:

@@ -17,11 +17,11 @@ class HFJudge(LLMJudge):
     def __init__(self, model: str, gguf_file: str | None = None, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 8, temperature: float = 0.0, max_tokens: int = 256, parse_retries: int = 1,
                  cache: str | None = "judge_cache.sqlite", prompt_file: str | None = None, max_events: int = 10,
-                 retry_temperature: float = 0.7):
+                 retry_temperature: float = 0.7, max_consecutive_failures: int = 5):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         super().__init__(model, temperature, max_tokens, parse_retries, cache, prompt_file, max_events,
-                         retry_temperature)
+                         retry_temperature, max_consecutive_failures)
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         self.tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
         self.tokenizer.padding_side = "left"
@@ -29,6 +29,9 @@ class HFJudge(LLMJudge):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), **kwargs).to(device).eval()
         self.device, self.batch_size, self.gguf_file = device, batch_size, gguf_file
+
+    def source(self) -> str:
+        return f"hf {self.model}" + (f" ({self.gguf_file})" if self.gguf_file else "")
 
     def describe(self):
         return {**super().describe(), "gguf_file": self.gguf_file}

@@ -13,10 +13,11 @@ at ``retry_temperature``, at most ``max_events`` extracted items) and ``official
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from vcap.judges.base import EntailmentResult, ExtractionResult, Judge, RatingResult
+from vcap.judges.base import EntailmentResult, ExtractionResult, Judge, JudgeUnavailableError, RatingResult
 from vcap.judges.cache import ReplyCache, cache_key
 from vcap.judges.llm_text import (ReplyCountError, ReplyError, official_grade, official_items, official_verdicts, parse_answer,
                                   parse_grade, parse_items, parse_json_object, parse_rating, parse_verdicts)
@@ -47,8 +48,12 @@ class Job:
 class LLMJudge(Judge):
     def __init__(self, model: str, temperature: float = 0.0, max_tokens: int = 512, parse_retries: int = 2,
                  cache: str | None = "judge_cache.sqlite", prompt_file: str | None = None, max_events: int = 10,
-                 retry_temperature: float = 0.7):
+                 retry_temperature: float = 0.7, max_consecutive_failures: int = 5):
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
+        self.max_consecutive_failures = max_consecutive_failures
+        self.consecutive_failures = 0  # calls in a row without any reply (the circuit breaker's count)
+        self.tripped: JudgeUnavailableError | None = None  # the breaker's error, once it has tripped
+        self.answered_by: Counter[str] = Counter()  # parsed answers by who gave them (a judge, or the cache)
         self.parse_retries, self.max_events, self.retry_temperature = parse_retries, max_events, retry_temperature
         self.prompt_sets = load_prompts(prompt_file)
         self.cache = ReplyCache(cache) if cache else None
@@ -78,7 +83,8 @@ class LLMJudge(Judge):
     def ask(self, jobs: list[Job]) -> list[tuple[Any, str | None]]:
         """(parsed value, None) or (None, error) per job. Identical jobs are asked once, except ``distinct`` ones:
         the n-th repeat of a request in this run is its own call, cached under its own key (a re-run replays the
-        same numbering, so it still pays nothing twice)."""
+        same numbering, so it still pays nothing twice). A reply is parsed the moment it arrives and cached only if
+        it parsed: a failed judgment is asked again by the next run."""
         unique: dict[tuple[str, int], Job] = {}
         job_keys = []
         for job in jobs:
@@ -96,47 +102,92 @@ class LLMJudge(Judge):
                             else unique[k].retry_sampling) for k in pending}
             cache_keys = {k: cache_key(model=self.model, messages=unique[k].messages, sampling=sampling[k],
                                        attempt=attempt, **({"occurrence": k[1]} if k[1] else {})) for k in pending}
-            replies: dict[str, str | Exception] = {}
+            outcome: dict[tuple[str, int], tuple[str, Any]] = {}  # ("ok", value) | ("transport" | "parse", error)
             to_send = []
             for k in pending:
                 cached = self.cache.get(cache_keys[k]) if self.cache is not None else None
-                if cached is not None:
-                    replies[k] = cached
-                else:
+                value = self._parse(unique[k], cached[0]) if cached is not None else None
+                if isinstance(value, ReplyError):  # written by an older vcap that cached failures: ask again
+                    self.cache.delete(cache_keys[k])
+                if cached is None or isinstance(value, ReplyError):
                     to_send.append(k)
+                else:
+                    outcome[k] = ("ok", value)
+                    self.answered_by[f"cache ({cached[1] or 'judge not recorded'})"] += 1
             if to_send:
                 self.calls += len(to_send)
 
                 def on_reply(i: int, reply: str | Exception, to_send=to_send) -> None:
                     k = to_send[i]
-                    replies[k] = reply
-                    if self.cache is not None and not isinstance(reply, Exception):
-                        self.cache.put(cache_keys[k], reply)  # at once: a kill mid-batch loses no answer
+                    if isinstance(reply, Exception):  # transport failure after the SDK's own retries
+                        outcome[k] = ("transport", f"{type(reply).__name__}: {reply}")
+                        self._count_transport_failure(reply)
+                        return
+                    self.consecutive_failures = 0
+                    value = self._parse(unique[k], reply)
+                    if isinstance(value, ReplyError):
+                        outcome[k] = ("parse", value)
+                        return
+                    outcome[k] = ("ok", value)
+                    self.answered_by[self.source()] += 1
+                    if self.cache is not None:  # at once: a kill mid-batch loses no answer
+                        self.cache.put(cache_keys[k], reply, self.source())
 
                 self.stream([(unique[k].messages, sampling[k]) for k in to_send], on_reply)
             retry = []
             for k in pending:
-                reply, job = replies[k], unique[k]
-                if isinstance(reply, Exception):  # transport failure after the SDK's own retries
-                    answers[k] = (None, f"{type(reply).__name__}: {reply}")
+                kind, value = outcome[k]
+                job = unique[k]
+                if kind == "ok":
+                    answers[k] = (value, None)
+                    continue
+                if kind == "transport":
+                    answers[k] = (None, value)
                     if not job.retry_errors:
                         continue
                 else:
-                    try:
-                        answers[k] = (job.parse(reply), None)
+                    answers[k] = (None, f"unparseable reply after {attempt + 1} tries: {value}")
+                    if isinstance(value, job.fatal):
                         continue
-                    except ReplyError as err:
-                        answers[k] = (None, f"unparseable reply after {attempt + 1} tries: {err}")
-                        if isinstance(err, job.fatal):
-                            continue
                 if attempt + 1 < job.attempts:
                     retry.append(k)
             pending, attempt = retry, attempt + 1
-        for _, error in answers.values():
-            if error:
-                self.failures += 1
-                log.warning("judge %s failed: %s", self.model, error)
+        errors = [error for _, error in answers.values() if error]
+        if errors:
+            self.failures += len(errors)
+            log.warning("judge %s: %d of %d calls failed, e.g. %s", self.where(), len(errors), len(answers),
+                        errors[0][:300])
         return [answers[key] for key in job_keys]
+
+    @staticmethod
+    def _parse(job: Job, reply: str) -> Any:
+        """The parsed reply, or the ReplyError that says why it does not parse."""
+        try:
+            return job.parse(reply)
+        except ReplyError as err:
+            return err
+
+    def _count_transport_failure(self, error: Exception) -> None:
+        """The circuit breaker: ``max_consecutive_failures`` calls in a row that got no reply at all (after the
+        client's own retries) stop the run instead of scoring every completion as failed for hours."""
+        if self.tripped is not None:  # concurrent calls failing after the trip report the same error
+            raise self.tripped
+        self.consecutive_failures += 1
+        limit = self.max_consecutive_failures
+        if limit and self.consecutive_failures >= limit:
+            self.tripped = JudgeUnavailableError(
+                f"judge {self.where()} failed {self.consecutive_failures} calls in a row (last: "
+                f"{type(error).__name__}: {str(error)[:200]}); check that the server is up and answering, or raise "
+                "judge_options.max_consecutive_failures (0: never stop)")
+            raise self.tripped
+
+    def source(self) -> str:
+        """Which judge answers: kept with every cached reply and counted in ``answered_by``."""
+        return f"{self.name} {self.model}"
+
+    def where(self) -> str:
+        """The judge as a log line names it."""
+        return self.source()
 
     def _job(self, protocol: str, name: str, parse, sampling: dict | None = None, attempts: int = OFFICIAL_ATTEMPTS,
              **values) -> Job:

@@ -11,11 +11,33 @@ import asyncio
 import logging
 import os
 
+from vcap.signals import Interrupted, requested
 from vcap.judges.base import register_judge
 from vcap.judges.llm import LLMJudge
 
 log = logging.getLogger(__name__)
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
+
+
+def reachability_problem(base_url: str, timeout: float = 5.0) -> str | None:
+    """Why nothing answers HTTP at ``base_url`` within ``timeout`` seconds, or None (GET <base_url>/models, the
+    route OpenAI-compatible servers list their models on; any status counts as an answer)."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # an HTTP status, even 401 or 404: something is serving there
+    except (TimeoutError, socket.timeout):
+        return f"the judge at {base_url} did not answer within {timeout:g} s"
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return f"the judge at {base_url} did not answer within {timeout:g} s"
+        return f"the judge at {base_url} is not reachable ({str(reason)[:120] or type(reason).__name__})"
+    return None
 
 
 @register_judge("openai")
@@ -35,15 +57,17 @@ class OpenAIJudge(LLMJudge):
             (OpenAI-style json_schema, as vLLM, SGLang, llama.cpp's llama-server and OpenAI accept; on a 400/422
             the next form), 'json_schema', 'json_object' ({"type": "json_object", "schema": ...}, as
             llama-cpp-python's server accepts) or 'none' (plain text). Official-protocol requests never carry it.
+        max_consecutive_failures: stop the run with one line naming ``base_url`` after this many calls in a row
+            got no reply (after the client's retries); 0 never stops.
     """
 
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 512, timeout: float = 60.0, max_retries: int = 3,
                  parse_retries: int = 2, concurrency: int = 16, cache: str | None = "judge_cache.sqlite",
                  prompt_file: str | None = None, max_events: int = 10, retry_temperature: float = 0.7,
-                 response_format: str = "auto"):
+                 response_format: str = "auto", max_consecutive_failures: int = 5):
         super().__init__(model, temperature, max_tokens, parse_retries, cache, prompt_file, max_events,
-                         retry_temperature)
+                         retry_temperature, max_consecutive_failures)
         if response_format not in RESPONSE_FORMATS:
             raise ValueError(f"response_format must be one of {list(RESPONSE_FORMATS)}, got {response_format!r}")
         self.base_url, self.api_key_env = base_url, api_key_env
@@ -56,6 +80,14 @@ class OpenAIJudge(LLMJudge):
 
     def describe(self):
         return {**super().describe(), "base_url": self.base_url, "response_format": self._forms[0]}
+
+    def source(self) -> str:
+        return f"{self.model} @ {self.base_url}"
+
+    def reachability_problem(self, timeout: float = 5.0) -> str | None:
+        """None when the server answers HTTP at all (any status: a missing route or key still shows it is up);
+        else why not, naming the URL. Checked before a run loads anything."""
+        return reachability_problem(self.base_url, min(timeout, self.timeout))
 
     def __repr__(self) -> str:  # no key material, ever
         return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r})"
@@ -108,8 +140,17 @@ class OpenAIJudge(LLMJudge):
                             reply = err
                         break
                 on_reply(i, reply)
+            tasks = [asyncio.ensure_future(one(i, m, s)) for i, (m, s) in enumerate(requests)]
             try:
-                await asyncio.gather(*(one(i, m, s) for i, (m, s) in enumerate(requests)))
+                pending = set(tasks)
+                while pending:  # woken every 0.25 s so Ctrl-C / SIGTERM stop a run waiting on a hung judge
+                    done, pending = await asyncio.wait(pending, timeout=0.25, return_when=asyncio.FIRST_EXCEPTION)
+                    for task in done:
+                        task.result()  # the circuit breaker's error, raised by on_reply
+                    if requested():
+                        raise Interrupted(requested())
             finally:
+                for task in tasks:
+                    task.cancel()
                 await client.close()
         asyncio.run(main())

@@ -22,6 +22,9 @@ class RewardOutput:
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,)
     failures: list[tuple[int, str]] = field(default_factory=list)  # (sample index, reason)
     excluded: torch.Tensor | None = None  # (N,) bool: the score is undefined (e.g. judge failed), drop from its group
+    # (N,) bool: the judgment failed, so the score is unknown: ``scores`` holds what the optimisation uses
+    # (0 under on_failure: zero), while logged means and metrics leave these out (the components hold NaN)
+    failed: torch.Tensor | None = None
 
 
 class Reward:
@@ -63,15 +66,18 @@ class RewardSet:
         n = len(parsed)
         total = torch.zeros(n)
         excluded = torch.zeros(n, dtype=torch.bool)
+        failed = torch.zeros(n, dtype=torch.bool)
         components: dict[str, torch.Tensor] = {}
         failures: list[tuple[int, str]] = []
         for name, reward in self.rewards.items():
             out = reward(parsed, samples)
             total += self.weights[name] * out.scores.float()
-            components[name] = out.scores.float()
+            unknown = out.failed if out.failed is not None else torch.zeros(n, dtype=torch.bool)
+            components[name] = out.scores.float().masked_fill(unknown, float("nan"))
             for sub, values in out.components.items():
-                components[f"{name}/{sub}"] = values.float()
+                components[f"{name}/{sub}"] = values.float().masked_fill(unknown, float("nan"))
             failures += [(i, f"{name}: {why}") for i, why in out.failures]
             if out.excluded is not None:
                 excluded |= out.excluded
-        return RewardOutput(total, components, failures, excluded)
+            failed |= unknown
+        return RewardOutput(total, components, failures, excluded, failed)

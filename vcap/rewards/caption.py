@@ -50,6 +50,7 @@ class CaptionReward(Reward):
         n = len(parsed)
         scores, coverage, precision = torch.zeros(n), torch.zeros(n), torch.ones(n)
         excluded = torch.zeros(n, dtype=torch.bool)
+        failed = torch.zeros(n, dtype=torch.bool)
         failures = []
         index = [i for i, p in enumerate(parsed) if p.answer is not None]
         failures += [(i, "no <answer> block") for i, p in enumerate(parsed) if p.answer is None]
@@ -66,6 +67,7 @@ class CaptionReward(Reward):
             if rec is None or prec is None:
                 failures.append((i, f"judge failed: {rec_err or prec_err}"))
                 excluded[i] = self.on_failure == "exclude"
+                failed[i] = True
                 continue
             coverage[i] = sum(rec) / len(rec) if events[i] else 1.0
             value = float(coverage[i])
@@ -77,4 +79,4 @@ class CaptionReward(Reward):
         components = {"coverage": coverage}
         if self.metric == "f1":
             components["precision"] = precision
-        return RewardOutput(scores, components, failures, excluded)
+        return RewardOutput(scores, components, failures, excluded, failed)

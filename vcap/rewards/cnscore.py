@@ -25,6 +25,7 @@ class CNScoreReward(Reward):
         n = len(parsed)
         scores, comp, nat = torch.zeros(n), torch.zeros(n), torch.zeros(n)
         excluded = torch.zeros(n, dtype=torch.bool)
+        failed = torch.zeros(n, dtype=torch.bool)
         failures = [(i, "no <answer> block") for i, p in enumerate(parsed) if p.answer is None]
         index = [i for i, p in enumerate(parsed) if p.answer is not None]
         for i in index:
@@ -36,7 +37,8 @@ class CNScoreReward(Reward):
             if r.error is not None:
                 failures.append((i, f"judge failed: {r.error}"))
                 excluded[i] = self.on_failure == "exclude"
+                failed[i] = True
                 continue
             comp[i], nat[i] = r.completeness / 10, r.naturalness / 10
             scores[i] = (wc * comp[i] + wn * nat[i]) / (wc + wn)
-        return RewardOutput(scores, {"completeness": comp, "naturalness": nat}, failures, excluded)
+        return RewardOutput(scores, {"completeness": comp, "naturalness": nat}, failures, excluded, failed)
