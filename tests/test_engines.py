@@ -104,3 +104,13 @@ def test_merged_weights_equal_peft_merge_under_checkpoint_names(tiny_path):
         assert torch.allclose(tensor, expected[name], atol=1e-6), name
     assert any(not torch.equal(pushed[n], plain.state_dict()[n]) for n in pushed)  # the adapters are in
     assert all(torch.equal(p, adapters_before[n]) for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_vllm_request_seeds_differ_per_rank_step_and_prompt_and_repeat():
+    engine = VLLMEngine(seed=7)
+    seeds = {(step, rank): engine.request_seeds(4, step, rank) for step in (0, 1) for rank in (0, 1)}
+    assert seeds[0, 0] == VLLMEngine(seed=7).request_seeds(4, 0, 0)  # reproducible
+    assert seeds[0, 0] != VLLMEngine(seed=8).request_seeds(4, 0, 0)
+    every = sorted(s for group in seeds.values() for s in group)
+    # vLLM seeds a prompt's G completions seed, seed + 1, ...: no two prompts' ranges may overlap
+    assert all(b - a > 1024 for a, b in zip(every, every[1:])) and max(every) < 2**63

@@ -30,8 +30,11 @@ def test_vllm_ddp_equals_one_process_on_the_joined_batch(vllm_python, tmp_path):
     run_check(vllm_python, "ddp", tmp_path, probe="vllm_distributed_probe.py")
     run_check(vllm_python, "joined", tmp_path, probe="vllm_distributed_probe.py")
     joined = torch.load(tmp_path / "joined_rank0.pt")
-    for rank in (0, 1):
-        report = read_json(tmp_path / f"ddp_rank{rank}.json")
+    reports = [read_json(tmp_path / f"ddp_rank{rank}.json") for rank in (0, 1)]
+    seeds = [[s for call in r["seeds"] for s in call] for r in reports]  # 3 steps x 2 prompts, then 3 greedy
+    assert len(set(seeds[0])) == len(set(seeds[1])) == 3 * 2 + 3
+    assert not set(seeds[0]) & set(seeds[1])  # ranks never share a seed
+    for rank, report in enumerate(reports):
         assert report["steps"] == 3 and report["pushes"] == [0, 1, 2, 3], report  # one push per step, then greedy
         assert report["greedy_equal"] and report["distinct_texts"] == 3, report
         weights = torch.load(tmp_path / f"ddp_rank{rank}.pt")

@@ -110,8 +110,11 @@ def fit(workdir: str, manifest: str, model_dir: str, devices: int, batch_size: i
                         limit_val_batches=0, enable_checkpointing=False, default_root_dir=workdir,
                         callbacks=[LoggedMetrics(os.path.join(workdir, f"{name}_metrics.jsonl"))])
     module.configure_model()
-    original = module.rollout_engine.push_weights
-    module.rollout_engine.push_weights = lambda m, v=None: (pushes.append(v), original(m, v))
+    engine = module.rollout_engine
+    original, original_seeds = engine.push_weights, engine.request_seeds
+    engine.push_weights = lambda m, v=None: (pushes.append(v), original(m, v))
+    engine.seeds_used = []
+    engine.request_seeds = lambda *a: engine.seeds_used.append(original_seeds(*a)) or engine.seeds_used[-1]
     trainer.fit(module, datamodule=data)
     rank = trainer.global_rank
     torch.save({n: p.detach() for n, p in module.model.named_parameters()},
@@ -142,6 +145,7 @@ def check_ddp(workdir: str) -> None:
                                          processor=processor, weights_version=module.global_step)
     write(workdir, f"ddp_rank{rank}.json", {
         "rank": rank, "steps": module.global_step, "pushes": pushes, "greedy_equal": rollouts_match(want, got),
+        "seeds": module.rollout_engine.seeds_used,
         "distinct_texts": len(set(map(tuple, want.completion_ids.tolist()))), "tokens": want.completion_ids.tolist(),
         "env": {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}})
     print(json.dumps({"check": f"ddp_rank{rank}", "done": True}), flush=True)
