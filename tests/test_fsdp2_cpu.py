@@ -164,3 +164,62 @@ def test_fsdp_export_equals_the_single_process_export(tmp_path, tiny_path, shape
                   .completion_ids for m in (served, module.model.eval())]
         assert torch.equal(*greedy), kind
         assert json.loads((sharded / "config.json").read_text())["architectures"] == ["Qwen2VLForConditionalGeneration"]
+
+
+def vcap_engine_worker(rank: int, port: int, sft: str, batch_file: str, out_file: str, eos: int) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    from vcap.grpo.engines import VcapEngine
+    from vcap.model.loading import load_policy, load_processor
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a rank left waiting in an all-gather fails within a minute instead of hanging the suite
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        model = load_policy(sft).eval()
+        shard(model)
+        from vcap.grpo.rollout import select
+
+        inputs = select(torch.load(batch_file), rank, rank + 1)  # each rank its own video
+        tok = load_processor(sft).tokenizer
+        ids = VcapEngine().generate(model, inputs, 1, 48, [eos], tok.pad_token_id,
+                                    do_sample=False).completion_ids
+        torch.save(ids, f"{out_file}.{rank}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_vcap_engine_ranks_whose_completions_end_at_different_steps(tmp_path, shapes_manifest):
+    """The default engine under FSDP: rank 0's completion ends before rank 1's (checked on the unsharded model),
+    yet both ranks finish, each with the unsharded model's greedy tokens."""
+    from vcap.data.datamodule import CaptionDataModule
+    from vcap.grpo.engines import VcapEngine
+    from vcap.grpo.rollout import select
+    from vcap.model.loading import load_policy, load_processor, resolve_model_path
+
+    sft = str(resolve_model_path("vcap-tiny-sft"))
+    data = CaptionDataModule(manifest=str(shapes_manifest), processor=sft, batch_size=8, num_workers=0,
+                             nframes=8, min_pixels=56 * 56, max_pixels=56 * 56, shuffle=False)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))["inputs"]
+    model, tok = load_policy(sft).eval(), load_processor(sft).tokenizer
+    greedy = [VcapEngine().generate(model, select(batch, i, i + 1), 1, 48, [tok.eos_token_id], tok.pad_token_id,
+                                    do_sample=False).completion_ids[0].tolist() for i in range(8)]
+    # the warm start's captions all take 28 tokens: a word of one caption that another lacks serves as the EOS,
+    # so the two ranks' completions end at different decode steps
+    eos, pair = next((t, (i, j)) for t in sorted({t for g in greedy for t in g}) for i in range(8) for j in range(8)
+                     if t in greedy[i] and t not in greedy[j])
+    alone = {i: VcapEngine().generate(model, select(batch, i, i + 1), 1, 48, [eos], tok.pad_token_id,
+                                      do_sample=False) for i in pair}
+    assert int(alone[pair[0]].completion_mask.sum()) < int(alone[pair[1]].completion_mask.sum())
+    two = {k: torch.cat([select(batch, i, i + 1)[k] for i in pair]) for k in select(batch, 0, 1)}
+    torch.save(two, tmp_path / "batch.pt")
+    mp.spawn(vcap_engine_worker, args=(free_port(), sft, str(tmp_path / "batch.pt"), str(tmp_path / "ids"), eos),
+             nprocs=2, join=True)
+    for rank, i in enumerate(pair):
+        got = torch.load(tmp_path / f"ids.{rank}")
+        want = alone[i].completion_ids
+        assert torch.equal(got[:, :want.shape[1]], want) and (got[:, want.shape[1]:] == tok.pad_token_id).all()

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from vcap.distributed import full_parameters_for_generation
+from vcap.distributed import full_parameters_for_generation, sharded_units
 from vcap.grpo.rollout import Rollout, completion_mask, vision_token_ids
 from vcap.grpo.vision import select_features
 from vcap.registry import Registry
@@ -130,7 +130,8 @@ class VcapEngine(RolloutEngine):
         batch_buckets: with cuda_graph or compile, the prompt count is padded up to the smallest of these (copies
             of the last prompt, dropped afterwards); larger batches run as they are.
         stop_check_interval: steps between checks whether every row has ended, the loop's only host sync (null:
-            8 on CUDA, 1 elsewhere); rows that ended only add padding meanwhile.
+            8 on CUDA, 1 elsewhere); rows that ended only add padding meanwhile. Under FSDP every rank decodes the
+            whole budget: each step gathers weights with the other ranks, which may still be decoding.
         merge_lora: decode a LoRA policy from merged copies of its adapted weights (null: yes, except for 4-bit,
             sharded or DoRA layers, which keep the adapters); the reference stays the untouched base.
     """
@@ -198,6 +199,8 @@ class VcapEngine(RolloutEngine):
             inputs, video_features = pad_prompts(inputs, video_features, size)
             cache_len = -(-(prompt_len + max_new_tokens) // self.length_bucket) * self.length_bucket
         interval = self.stop_check_interval or (8 if device.type == "cuda" else 1)
+        if sharded_units(model):  # each decode step all-gathers weights with the other ranks, so every rank takes
+            interval = max_new_tokens  # the whole budget (a rank that stopped first would leave the others waiting)
         if self._weights is None:
             self._weights = RolloutWeights()
         merge = self.merge_lora is not False
