@@ -102,7 +102,7 @@ class GRPOModule(CaptionPolicyModule):
         old_logp, ref_logp = self.fixed_logprobs(rollout)
         stats = [self.policy_update(rollout, adv.advantages, old_logp, ref_logp, valid)
                  for _ in range(hp.num_iterations)]
-        self.log_rollout(rollout, rewards, adv, mean_over_iterations(stats), texts, records, valid)
+        self.log_rollout(rollout, rewards, adv, mean_over_iterations(stats), texts, records)
 
     # -- pieces -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -149,12 +149,13 @@ class GRPOModule(CaptionPolicyModule):
         return stats
 
     def log_rollout(self, rollout: Rollout, rewards: RewardOutput, adv, stats: dict, texts: list[str],
-                    records: list[dict], valid: torch.Tensor) -> None:
+                    records: list[dict]) -> None:
         lengths = rollout.completion_mask.sum(dim=1).float()
         grouped = rewards.scores.view(-1, self.hparams.num_generations)
         # the loss is a mean over sequences (grpo, dr_grpo) or tokens (dapo), KL and clipping over tokens: weighted
         # so, the ranks' values merge to the joined batch's
-        tokens = float((rollout.completion_mask * valid.to(rollout.completion_mask).unsqueeze(1)).sum())
+        valid = (~rewards.excluded).to(rollout.completion_mask)  # the samples the loss counted
+        tokens = float((rollout.completion_mask * valid.unsqueeze(1)).sum())
         loss_weight = tokens if self.hparams.loss_type == "dapo" else float(len(texts))
         weights = {"loss": loss_weight, "kl": tokens, "clip_fraction": tokens}
         tallies = {
