@@ -143,7 +143,8 @@ def test_ddp_fit_resume_and_validate_match_single_process(tmp_path, shapes_manif
 
 
 @pytest.mark.slow
-def test_ddp_rank_with_only_bad_videos_still_joins_the_step(tmp_path, shapes_manifest):
+@pytest.mark.parametrize("weights", ["full", "lora", "qlora"])
+def test_ddp_rank_with_only_bad_videos_still_joins_the_step(tmp_path, shapes_manifest, weights):
     records = [json.loads(line) for line in shapes_manifest.read_text().splitlines()]
     for r in records:  # the copy lives elsewhere: keep the videos reachable
         r["video"] = str(shapes_manifest.parent / r["video"])
@@ -154,6 +155,9 @@ def test_ddp_rank_with_only_bad_videos_still_joins_the_step(tmp_path, shapes_man
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
     fit = config(manifest, tmp_path, 2, max_steps=2, limit_val_batches=0)
     fit["model"]["init_args"]["num_iterations"] = 2  # the skipping rank must join both optimizer steps
+    if weights != "full":  # LoRA adapters (on a 4-bit base for QLoRA) are what DDP averages
+        fit["model"]["init_args"].update(load_in_4bit=weights == "qlora", peft={
+            "class_path": "peft.LoraConfig", "init_args": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}})
     fit["data"]["init_args"]["shuffle"] = False
     probes = run_vcap("fit", fit, tmp_path, "skips")
     batches = by_rank(probes, "batch")

@@ -57,6 +57,11 @@ def test_lora_adapters_are_merged_into_the_pushed_weights(vllm_python, tmp_path)
     assert r == {"equal": True, "adapters_matter": True}
 
 
+def test_qlora_weights_are_pushed_dequantized_with_the_adapters_merged(vllm_python, tmp_path):
+    r = run_check(vllm_python, "qlora", tmp_path)["qlora_merged"]
+    assert r == {"equal": True, "adapters_matter": True, "four_bit": True}
+
+
 def test_sampled_group_rollout_layout(vllm_python, tmp_path):
     r = run_check(vllm_python, "sampling", tmp_path)["sampling"]
     assert r == {"shape": [12, 12], "mask_ok": True, "pad_ok": True, "no_vision": True, "min_length_ok": True,

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from peft import PeftConfig
 
+from vcap.bench.distributed import finish_benchmark
 from vcap.distributed import all_reduce_gradients, check_strategy_support, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
-from vcap.bench.distributed import finish_benchmark
 from vcap.model.export import export_model
 from vcap.model.export_sharded import export_from_shards
 from vcap.model.loading import as_peft_config, count_parameters, load_policy, load_processor
