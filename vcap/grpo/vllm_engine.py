@@ -152,6 +152,7 @@ class VLLMEngine(RolloutEngine):
         # tensors, which would put the dummy embeddings back; the pushed weights carry lm_head explicitly
         config.update(architectures=[unsharded_class(base).__name__], dtype=dtype, tie_word_embeddings=False)
         config.get("text_config", {})["tie_word_embeddings"] = False
+        config.pop("quantization_config", None)  # a QLoRA policy's weights arrive dequantized: vLLM serves them plain
         type(base.config).from_dict(config).save_pretrained(self._model_dir.name)
         processor.save_pretrained(self._model_dir.name)
         # no raw videos or images: with embeddings enabled, vLLM serves videos as features only (no ViT runs,
