@@ -28,3 +28,14 @@ def test_one_grpo_step_trains_only_the_trainable_weights(tmp_path, tiny_path, sh
     assert changed and changed <= trainable
     if weights != "full":
         assert all("lora_" in n for n in changed)
+
+
+def test_qlora_under_a_sharding_strategy_is_refused_in_one_line():
+    from vcap.distributed import check_strategy_support
+    from vcap.errors import UsageError
+
+    for strategy in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy"):
+        with pytest.raises(UsageError, match=rf"^model.init_args.load_in_4bit \(QLoRA\) cannot be sharded by {strategy}"):
+            check_strategy_support(strategy, load_in_4bit=True)
+        check_strategy_support(strategy, load_in_4bit=False)
+    check_strategy_support("DDPStrategy", load_in_4bit=True)
