@@ -223,3 +223,64 @@ def test_fsdp_vcap_engine_ranks_whose_completions_end_at_different_steps(tmp_pat
         got = torch.load(tmp_path / f"ids.{rank}")
         want = alone[i].completion_ids
         assert torch.equal(got[:, :want.shape[1]], want) and (got[:, want.shape[1]:] == tok.pad_token_id).all()
+
+
+def perturbed_module(tiny: str):
+    """The policy module with its language model's matrices re-drawn from a seed: weights no checkpoint has."""
+    from vcap.policy import CaptionPolicyModule
+
+    module = CaptionPolicyModule(name_or_path=tiny)
+    module.configure_model()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in module.model.model.language_model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return module
+
+
+def fsdp1_worker(rank: int, port: int, tiny: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLVisionBlock
+
+    from vcap.grpo.vllm_engine import merged_weights
+    from vcap.model.export_sharded import export_from_shards
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        module = perturbed_module(tiny)
+        # as Lightning's FSDPStrategy (grpo_fsdp.yaml) wraps: the LightningModule is the root, decoder layers and
+        # vision blocks are units, original parameters kept; training_step runs inside the root's forward
+        module.forward = lambda: {n: t.clone() for n, t in merged_weights(module.model)}  # the vLLM push's tensors
+        root = FullyShardedDataParallel(module, auto_wrap_policy=ModuleWrapPolicy({Qwen2VLDecoderLayer,
+                                                                                   Qwen2VLVisionBlock}),
+                                        use_orig_params=True, device_id=torch.device("cpu"))
+        pushed = root()
+        torch.save(pushed, os.path.join(out_dir, f"pushed.{rank}.pt"))
+        export_from_shards(module, root, os.path.join(out_dir, "export"))  # what on_train_end runs
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp1_as_lightning_wraps_it_pushes_and_exports_full_weights(tmp_path, tiny_path):
+    """FSDP1 (Lightning's FSDPStrategy, which refuses a CPU accelerator, wraps this way) on 2 gloo ranks: inside
+    the root's forward the vLLM push gets every full weight under its checkpoint name, and the export from shards
+    equals the single-process export."""
+    from vcap.grpo.vllm_engine import merged_weights
+    from vcap.model.loading import load_policy
+
+    mp.spawn(fsdp1_worker, args=(free_port(), str(tiny_path), str(tmp_path)), nprocs=2, join=True)
+    module = perturbed_module(str(tiny_path))
+    expected = dict(merged_weights(module.model))
+    for rank in (0, 1):
+        pushed = torch.load(tmp_path / f"pushed.{rank}.pt")
+        assert set(pushed) == set(expected)
+        for name, tensor in expected.items():
+            assert torch.equal(pushed[name], tensor), name
+    module.export(tmp_path / "single")
+    served, single = load_policy(str(tmp_path / "export")), dict(load_policy(str(tmp_path / "single")).named_parameters())
+    for name, param in served.named_parameters():
+        assert torch.equal(param, single[name]), name
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
