@@ -8,6 +8,9 @@ import json
 import os
 
 
+import lightning as L
+
+from vcap.grpo.engines import HFEngine
 from vcap.grpo.module import GRPOModule
 from vcap.judges.lexical import LexicalJudge
 
@@ -27,6 +30,10 @@ class RecordingGRPOModule(GRPOModule):
         probe("batch", step=self.global_step, ids=[r["id"] for r in batch["records"]])
         return super().training_step(batch, batch_idx)
 
+    def log_rollout(self, rollout, rewards, *args, **kwargs):
+        probe("local_reward", step=self.global_step, mean=float(rewards.scores.mean()), n=len(rewards.scores))
+        return super().log_rollout(rollout, rewards, *args, **kwargs)
+
     def on_train_end(self) -> None:
         total = sum(p.detach().double().sum().item() for p in self.model.parameters())
         probe("weights", checksum=total, step=self.global_step)
@@ -40,3 +47,27 @@ class CountingJudge(LexicalJudge):
         for premise, hypotheses in requests:
             probe("judge", premise=premise, n=len(hypotheses))
         return super().entail_many(requests)
+
+
+class GreedyGroupsEngine(HFEngine):
+    """Rollouts that do not depend on the random state, so that two runs can be compared number for number: each
+    prompt's greedy completion, its g-th copy with the last 2g tokens padded away (lengths, hence LengthReward,
+    differ within the group)."""
+
+    def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id, *args,
+                       **context):
+        temperature, top_p, do_sample, video_features = args
+        greedy = super().completion_ids(model, inputs, 1, max_new_tokens, eos_token_ids, pad_token_id, temperature,
+                                        top_p, False, video_features, **context)
+        rows = greedy.repeat_interleave(num_generations, dim=0)
+        for g in range(1, num_generations):
+            rows[g::num_generations, max(rows.shape[1] - 2 * g, 1):] = pad_token_id
+        return rows
+
+
+class LoggedMetrics(L.Callback):
+    """What rank 0 logs at each training step: the numbers a logger writes."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.is_global_zero:
+            probe("logged", step=trainer.global_step, metrics={k: float(v) for k, v in trainer.logged_metrics.items()})

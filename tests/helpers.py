@@ -9,3 +9,12 @@ class LengthReward(Reward):
 
     def score(self, parsed, samples):
         return RewardOutput(torch.tensor([len(p.text) / 100.0 for p in parsed]))
+
+
+class RecordReward(Reward):
+    """A score per record (the digits of its id / 100): rewards that differ from sample to sample, hence rank to
+    rank, whatever the completions."""
+
+    def score(self, parsed, samples):
+        return RewardOutput(torch.tensor([int("".join(c for c in s["id"] if c.isdigit()) or 0) / 100.0
+                                          for s in samples]))

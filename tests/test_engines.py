@@ -116,3 +116,11 @@ def test_engine_options_of_older_checkpoints_still_build():
         VcapEngine(compile=True, compile_mode="reduce-overhead")
     assert VcapEngine(compile=True, compile_mode="reduce-overhead", cuda_graph=False).compile
 
+def test_vllm_request_seeds_differ_per_rank_step_and_prompt_and_repeat():
+    engine = VLLMEngine(seed=7)
+    seeds = {(step, rank): engine.request_seeds(4, step, rank) for step in (0, 1) for rank in (0, 1)}
+    assert seeds[0, 0] == VLLMEngine(seed=7).request_seeds(4, 0, 0)  # reproducible
+    assert seeds[0, 0] != VLLMEngine(seed=8).request_seeds(4, 0, 0)
+    every = sorted(s for group in seeds.values() for s in group)
+    # vLLM seeds a prompt's G completions seed, seed + 1, ...: no two prompts' ranges may overlap
+    assert all(b - a > 1024 for a, b in zip(every, every[1:])) and max(every) < 2**63

@@ -33,13 +33,13 @@ def vllm_python() -> Path:
     return VENV / "bin" / "python"
 
 
-def run_check(python: Path, name: str, workdir: Path) -> dict:
+def run_check(python: Path, name: str, workdir: Path, probe: str = "vllm_probe.py") -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1",
            "VLLM_LOGGING_LEVEL": "ERROR"}
-    out = subprocess.run([str(python), str(ROOT / "tests" / "vllm_probe.py"), str(workdir), name], env=env,
+    out = subprocess.run([str(python), str(ROOT / "tests" / probe), str(workdir), name], env=env,
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"check"')]
-    assert out.returncode == 0 and lines, f"vllm_probe {name} failed:\n{out.stderr[-4000:]}"
+    assert out.returncode == 0 and lines, f"{probe} {name} failed:\n{out.stderr[-4000:]}"
     return {line.pop("check"): line for line in lines}
 
 
@@ -55,6 +55,11 @@ def test_greedy_equals_hf_before_and_after_a_weight_push(vllm_python, tmp_path):
 def test_lora_adapters_are_merged_into_the_pushed_weights(vllm_python, tmp_path):
     r = run_check(vllm_python, "lora", tmp_path)["lora_merged"]
     assert r == {"equal": True, "adapters_matter": True}
+
+
+def test_qlora_weights_are_pushed_dequantized_with_the_adapters_merged(vllm_python, tmp_path):
+    r = run_check(vllm_python, "qlora", tmp_path)["qlora_merged"]
+    assert r == {"equal": True, "adapters_matter": True, "four_bit": True}
 
 
 def test_sampled_group_rollout_layout(vllm_python, tmp_path):

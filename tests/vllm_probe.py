@@ -122,6 +122,40 @@ def check_lora_merge(workdir: str) -> None:
     report("lora_merged", equal=rollouts_match(want, got), adapters_matter=not rollouts_match(want, base))
 
 
+def check_qlora(workdir: str) -> None:
+    """A QLoRA policy (4-bit base, LoRA adapters): its weights are pushed dequantized with the adapters merged in;
+    greedy vllm equals hf with bitsandbytes and peft."""
+    import torch
+    from peft import LoraConfig
+
+    from tests.video_batches import prompt_batch
+    from vcap.grpo.engines import HFEngine
+    from vcap.grpo.vllm_engine import VLLMEngine
+    from vcap.model.loading import load_policy, load_processor
+
+    processor = load_processor("vcap-demo")
+    spread = load_policy("vcap-demo")
+    spread_weights(spread, 4)
+    path = os.path.join(workdir, "spread")
+    spread.save_pretrained(path)
+    processor.save_pretrained(path)
+    model = load_policy(path, peft=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0), load_in_4bit=True).eval()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    prompts = prompt_batch(processor, SPECS, seed=2)
+    tok = processor.tokenizer
+    args = (prompts, 1, 16, [tok.convert_tokens_to_ids("<|im_end|>")], tok.pad_token_id)
+    want = HFEngine().generate(model, *args, do_sample=False)
+    with model.disable_adapter():
+        base = HFEngine().generate(model, *args, do_sample=False)
+    got = VLLMEngine(**ENGINE).generate(model, *args, do_sample=False, processor=processor, weights_version=0)
+    report("qlora_merged", equal=rollouts_match(want, got), adapters_matter=not rollouts_match(want, base),
+           four_bit=any(type(p).__name__ == "Params4bit" for p in model.parameters()))
+
+
 def check_sampling(workdir: str) -> None:
     """G sampled completions per prompt: the Rollout layout, EOS masking, padding, no vision tokens, min length."""
     import torch
@@ -185,8 +219,8 @@ def check_grpo_steps(workdir: str) -> None:
            seconds=round(time.perf_counter() - start, 1))
 
 
-CHECKS = {"greedy": check_greedy_and_pushes, "lora": check_lora_merge, "sampling": check_sampling,
-          "grpo": check_grpo_steps}
+CHECKS = {"greedy": check_greedy_and_pushes, "lora": check_lora_merge, "qlora": check_qlora,
+          "sampling": check_sampling, "grpo": check_grpo_steps}
 
 if __name__ == "__main__":  # vLLM's in-process engine still needs the guard
     CHECKS[sys.argv[2]](sys.argv[1])  # one check per process: each starts its own vLLM

@@ -12,12 +12,23 @@ gradient accumulation: one all-reduce per step, not one per micro-batch.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
 
 BUCKET_ELEMENTS = 25 * 2**20 // 4  # about 25 MB of fp32, DDP's default bucket size
+
+
+def check_strategy_support(strategy: str, load_in_4bit: bool) -> None:
+    """Refuse, before loading, what vcap cannot shard: QLoRA's 4-bit weights (uint8 storage beside bf16 weights)
+    do not flatten into FSDP's shards as vcap loads them."""
+    from vcap.errors import UsageError
+    from vcap.model.memory_check import SHARDING_STRATEGIES
+
+    if load_in_4bit and strategy in SHARDING_STRATEGIES:
+        raise UsageError(f"model.init_args.load_in_4bit (QLoRA) cannot be sharded by {strategy}: train QLoRA on one "
+                         "device or with --trainer.strategy ddp, or use LoRA without load_in_4bit under FSDP")
 
 
 def is_distributed() -> bool:
@@ -87,3 +98,82 @@ def full_parameters_for_generation(model: torch.nn.Module):
         yield
     finally:
         model.reshard()
+
+
+def sharded_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The FSDP units inside ``model`` (FSDP2 ``fully_shard``-ed modules or FSDP1 wrappers), outermost first;
+    empty when nothing is sharded."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        FSDPModule = FullyShardedDataParallel
+    return [m for m in model.modules() if isinstance(m, (FSDPModule, FullyShardedDataParallel))]
+
+
+@contextmanager
+def unit_gathered(unit: torch.nn.Module):
+    """The unit's own parameters full (nested units stay sharded) for the duration; a collective over the ranks
+    that shard it. FSDP1's root is already gathered while vcap runs inside its forward, so only nested units
+    are summoned."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(unit, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(unit, recurse=False, writeback=False):
+            yield
+        return
+    state = unit._get_fsdp_state()
+    state._lazy_init()  # FSDP2 initialises its root on the root's first forward, which may not have run yet
+    group = state._fsdp_param_group
+    if group is None or group.is_unsharded:  # no parameters of its own, or already gathered (the root in generate)
+        yield
+        return
+    unit.unshard()
+    try:
+        yield
+    finally:
+        unit.reshard()
+
+
+def clean_name(name: str) -> str:
+    """A parameter name without FSDP1's wrapper segments (FSDP2 keeps names as they are)."""
+    return name.replace("_fsdp_wrapped_module.", "")
+
+
+def full_named_parameters(model: torch.nn.Module):
+    """(name, full tensor) of every parameter, gathered one FSDP unit at a time so that a rank never holds more
+    than one unit's full weights beside its shards (a 7B model need not fit twice). Unsharded models yield their
+    parameters as they are. Under sharding each yielded tensor is a copy (the unit reshards after its last one)
+    and every rank must consume the whole iterator in the same order (each unit's gather is a collective).
+    Names are ``named_parameters``' own (FSDP1 wrapper segments included: see ``clean_name``)."""
+    params = dict(model.named_parameters())
+    units = sharded_units(model)
+    if not units:
+        yield from params.items()
+        return
+    prefix = {id(m): name for name, m in model.named_modules()}
+    unit_prefixes = sorted(((prefix[id(u)] + "." if prefix[id(u)] else ""), u) for u in units)
+
+    def owner(name: str):  # the innermost unit whose subtree holds the parameter
+        found = None
+        for p, u in unit_prefixes:
+            if name.startswith(p) and (found is None or len(p) > len(found[0])):
+                found = (p, u)
+        return found[1] if found else None
+
+    by_unit: dict[int, list[str]] = {}
+    for name in params:
+        by_unit.setdefault(id(owner(name)), []).append(name)
+    for unit in [None] + units:  # parameters outside every unit first (FSDP1: the root's, already full)
+        owned = by_unit.get(id(unit), [])
+        if not owned:
+            continue
+        context = unit_gathered(unit) if unit is not None else nullcontext()
+        with context:
+            current = dict(model.named_parameters())  # FSDP2 swaps in the unsharded tensors while gathered
+            for name in owned:
+                tensor = current[name].detach()
+                if hasattr(tensor, "full_tensor"):  # a DTensor of a root unit outside ``model`` (sharded here)
+                    tensor = tensor.full_tensor()
+                yield name, tensor.clone()

@@ -9,15 +9,18 @@ import lightning as L
 import torch
 from peft import PeftConfig
 
+from vcap.bench.distributed import finish_benchmark
+from vcap.distributed import all_reduce_gradients, check_strategy_support, take_over_ddp_gradient_sync
 from vcap.errors import UsageError
-from vcap.distributed import all_reduce_gradients, take_over_ddp_gradient_sync
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
 from vcap.model.export import export_model
+from vcap.model.export_sharded import export_from_shards
 from vcap.model.loading import as_peft_config, count_parameters, load_policy, load_processor
 from vcap.model.memory_check import SHARDING_STRATEGIES, check_memory
 from vcap.model.precision import check_trainable_precision
 from vcap.options import model_option_problems
+from vcap.rank_metrics import FirstOccurrence, Tally, add_tallies, all_ranks, mean_of
 from vcap.rewards import RewardSet, parse_completion
 from vcap.rewards.caption import sample_events
 from vcap.rewards.parsing import subjects_from_json
@@ -97,6 +100,8 @@ class CaptionPolicyModule(L.LightningModule):
         self.batch_counts = torch.zeros(2)  # (batches, batches with at least one decodable video) in this epoch
         self.syncs_own_gradients = False
         self.samples_dir: Path | None = None
+        self.val_firsts = FirstOccurrence()  # under DDP/FSDP: the sampler's padding is scored once, not twice
+        self.val_tallies: dict[str, Tally] = {}
 
     def describe(self) -> dict[str, Any]:
         """What produced the numbers: model and judges, written into validation.json."""
@@ -110,6 +115,7 @@ class CaptionPolicyModule(L.LightningModule):
             return
         hp = self.hparams
         if self._trainer is not None and self.trainer.state.fn == "fit":
+            check_strategy_support(type(self.trainer.strategy).__name__, hp.load_in_4bit)
             check_memory(self, strict=hp.memory_check)
         self.processor = load_processor(hp.name_or_path)
         self.model = load_policy(hp.name_or_path, hp.dtype, hp.attn_implementation, hp.gradient_checkpointing,
@@ -148,8 +154,11 @@ class CaptionPolicyModule(L.LightningModule):
             for item in batch["skipped"]:
                 log.warning("skipped video %s: %s", item["video"], item["error"])
                 self.last_skip_error = item["error"]
-        if not self.trainer.predicting:  # predict loops cannot log; skips are in the output rows instead
-            self.log("data/skipped_videos", float(self.skipped_videos), reduce_fx="max", batch_size=1)
+
+    def skipped_tally(self) -> dict[str, Tally]:
+        """data/skipped_videos summed over ranks (each rank counts its own); logged with the step's or the
+        validation's other numbers."""
+        return {"data/skipped_videos": Tally(float(self.skipped_videos), reduce="sum")}
 
     def greedy(self, batch: dict) -> list[str]:
         rollout = sample_completions(self.model, batch["inputs"], 1, self.hparams.max_new_tokens, self.eos_token_ids,
@@ -164,43 +173,46 @@ class CaptionPolicyModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         return getattr(datamodule, "evaluator", None)
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_firsts.reset()
+        self.val_tallies = {}
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.count_skips(batch)
-        if batch["inputs"] is None:
-            return
         if self.bench_evaluator is not None:  # cached generations are not made again after a restart
-            if self.bench_evaluator.missing(batch["records"]):
+            if batch["inputs"] is not None and self.bench_evaluator.missing(batch["records"]):
                 self.bench_evaluator.add(batch["records"], self.greedy(batch))
             return
-        records = batch["records"]
-        texts = self.greedy(batch)
+        texts = self.greedy(batch) if batch["inputs"] is not None else []
+        # every rank joins the exchange of sample keys, with data or without; only first occurrences are scored
+        keep = self.val_firsts.keep(batch.get("indices") or [r["id"] for r in batch["records"]])
+        records = [r for r, k in zip(batch["records"], keep) if k]
+        texts = [t for t, k in zip(texts, keep) if k]
+        if not records:
+            return
         parsed = [parse_completion(t) for t in texts]
-        n = len(records)
         rewards = self.reward_set(parsed, records)
         judged = ~rewards.failed  # a failed judgment is unknown, not 0: left out of every mean, counted instead
-        self.log_mean("val/reward", rewards.scores, judged)
-        for name, values in rewards.components.items():
-            self.log_mean(f"val/reward/{name}", values, ~values.isnan())
-        self.log("val/judge_failures", rewards.failed.sum().float(), reduce_fx="sum", batch_size=1, sync_dist=True)
+        for name, (values, keep) in {"val/reward": (rewards.scores, judged),
+                                     **{f"val/reward/{k}": (v, ~v.isnan()) for k, v in rewards.components.items()}
+                                     }.items():
+            self.val_tallies[name] = add_tallies(self.val_tallies.get(name), mean_of(values[keep]))
+        self.val_tallies["val/judge_failures"] = add_tallies(self.val_tallies.get("val/judge_failures"),
+                                                             Tally(float(rewards.failed.sum()), reduce="sum"))
         self.think_f1.update([p.subjects for p in parsed], [subjects_from_json(r["structure"]) for r in records])
         self.caption_score.update([p.answer for p in parsed], [sample_events(r) for r in records],
                                   [r.get("caption", "") for r in records])
         if batch_idx == 0:
             log.info("val sample %s: %s", records[0].get("id"), texts[0][:300])
 
-    def log_mean(self, name: str, values: torch.Tensor, keep: torch.Tensor) -> None:
-        """The epoch's mean of ``values[keep]``, weighted by how many were kept: a batch with none kept weighs 0,
-        and an epoch with none is NaN (n/a), never 0. Every rank logs every key, as sync_dist needs."""
-        kept = int(keep.sum())
-        self.log(name, values[keep].mean() if kept else torch.tensor(0.0), batch_size=kept, sync_dist=True)
-
     def on_validation_epoch_end(self) -> None:
         if self.bench_evaluator is not None:
-            results = self.bench_evaluator.finish(self.trainer.datamodule.records, self.hparams.name_or_path)
-            self.bench_evaluator.check_scored(results)  # every sample failed: a non-zero exit, not a table of 0s
-            for name, value in self.bench_evaluator.metrics(results).items():
-                self.log(f"val/{name}", float(value))
+            metrics = finish_benchmark(self.bench_evaluator, self.trainer.datamodule.records, self.hparams.name_or_path)
+            for name, value in {**metrics, **all_ranks(self.skipped_tally())}.items():
+                self.log(name, float(value))
             return
+        for name, value in all_ranks({**self.val_tallies, **self.skipped_tally()}).items():
+            self.log(name, value)
         for name, value in self.think_f1.compute().items():
             self.log(f"val/think_{name}", value)
         for name, value in self.caption_score.compute().items():
@@ -323,13 +335,20 @@ class CaptionPolicyModule(L.LightningModule):
     def on_train_end(self) -> None:
         if not self.hparams.export_dir:
             return
-        if type(self.trainer.strategy).__name__ in SHARDING_STRATEGIES:  # rank 0 holds only a shard of each weight
-            log.warning("export_dir is not written under %s yet (each rank holds only shards of the weights); "
-                        "the checkpoints are saved as usual", type(self.trainer.strategy).__name__)
+        strategy = type(self.trainer.strategy).__name__
+        if strategy == "DeepSpeedStrategy":
+            log.warning("export_dir is not written under DeepSpeed (each rank holds only shards); convert the "
+                        "checkpoint with DeepSpeed's zero_to_fp32.py")
+        elif strategy in SHARDING_STRATEGIES:  # each rank holds only shards: every rank joins the gather
+            export_from_shards(self, self.trainer.strategy.model, self.hparams.export_dir)
         elif self.trainer.is_global_zero:
             self.export(self.hparams.export_dir)
 
-    def export(self, path: str | Path) -> Path:
-        """Merged weights (LoRA folded in), processor + chat template, and the data's frame/pixel settings."""
+    def export(self, path: str | Path, model=None) -> Path:
+        """Merged weights (LoRA folded in), processor + chat template, and the data's frame/pixel settings;
+        ``model``: an unsharded copy to save instead of ``self.model`` (vcap.model.export_sharded)."""
+        return export_model(self.model if model is None else model, self.processor, path, self.preprocessing())
+
+    def preprocessing(self) -> dict[str, Any]:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return export_model(self.model, self.processor, path, dict(getattr(datamodule, "hparams", {}) or {}))
+        return dict(getattr(datamodule, "hparams", {}) or {})

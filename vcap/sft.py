@@ -7,6 +7,7 @@ import torch
 
 from vcap.grpo.rollout import token_logprobs
 from vcap.policy import CaptionPolicyModule
+from vcap.rank_metrics import Tally, all_ranks
 from vcap.rewards.parsing import format_target, subjects_from_json
 
 
@@ -49,9 +50,14 @@ class SFTModule(CaptionPolicyModule):
     def training_step(self, batch: dict, batch_idx: int):
         self.count_skips(batch)
         if batch["inputs"] is None:
+            self.log_dict(all_ranks(self.skipped_tally()), batch_size=1)  # joins the other ranks' exchange
             return None
         ids, mask = self.targets(batch["records"])
         logp = token_logprobs(self.model, batch["inputs"], ids, mask)
         loss = -(logp * mask).sum() / mask.sum()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["records"]))
+        # the token mean over every rank's targets: each rank's mean weighted by its tokens
+        tokens = float(mask.sum())
+        metrics = all_ranks({"train/loss": Tally(float(loss) * tokens, tokens), **self.skipped_tally()})
+        self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, batch_size=1)
+        self.log_dict(metrics, batch_size=1)
         return loss

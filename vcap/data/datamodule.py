@@ -48,8 +48,8 @@ class VideoRecords(Dataset):
             if self.bad_video == "error":
                 raise BadVideoError(f"{err} (pass --data.init_args.bad_video skip to train without such videos)") from err
             # not logged here: the step that receives the skip logs and counts it, once
-            return {"record": record, "frames": None, "error": str(err)}
-        return {"record": record, "frames": frames, "metadata": metadata, "error": None}
+            return {"record": record, "index": i, "frames": None, "error": str(err)}
+        return {"record": record, "index": i, "frames": frames, "metadata": metadata, "error": None}
 
 
 class PromptCollator:
@@ -72,7 +72,10 @@ class PromptCollator:
         good = [it for it in items if it["frames"] is not None]
         skipped = [{"id": it["record"].get("id"), "video": it["record"]["video"], "error": it["error"]}
                    for it in items if it["frames"] is None]
-        batch: dict[str, Any] = {"records": [it["record"] for it in good], "skipped": skipped, "inputs": None}
+        # indices: each record's position in its dataset, the key that tells a distributed sampler's padding
+        # (a repeat of an earlier sample) from a distinct record (ids may repeat across folders)
+        batch: dict[str, Any] = {"records": [it["record"] for it in good], "indices": [it["index"] for it in good],
+                                 "skipped": skipped, "inputs": None}
         if good:
             texts = [self.text(it["record"].get("prompt", self.prompt)) for it in good]
             videos_kwargs = self.family.video_kwargs(self.min_pixels, self.max_pixels, [len(it["frames"]) for it in good],

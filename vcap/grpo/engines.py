@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from vcap.distributed import full_parameters_for_generation
+from vcap.distributed import full_parameters_for_generation, sharded_units
 from vcap.grpo.rollout import Rollout, completion_mask, vision_token_ids
 from vcap.grpo.vision import select_features
 from vcap.registry import Registry
@@ -119,8 +119,9 @@ class VcapEngine(RolloutEngine):
 
     Args:
         sampling: extra options: ``min_new_tokens``, ``repetition_penalty`` (as HF ``generate``).
-        cuda_graph: replay each decode step as a CUDA graph, captured once per shape bucket (null: on CUDA). A
-            failed capture says why in one warning and that bucket runs eagerly (``rollout/cuda_graph`` 0).
+        cuda_graph: replay each decode step as a CUDA graph, captured once per shape bucket (null: on CUDA; never
+            under FSDP, whose forward gathers weights). A failed capture says why in one warning and that bucket
+            runs eagerly (``rollout/cuda_graph`` 0).
         compile: fuse the decode step with ``torch.compile`` (inductor; captured in the graph when ``cuda_graph``).
         compile_mode: torch.compile mode when ``compile`` (null: inductor's default; 'reduce-overhead' is refused
             with cuda_graph, which captures graphs itself).
@@ -130,7 +131,8 @@ class VcapEngine(RolloutEngine):
         batch_buckets: with cuda_graph or compile, the prompt count is padded up to the smallest of these (copies
             of the last prompt, dropped afterwards); larger batches run as they are.
         stop_check_interval: steps between checks whether every row has ended, the loop's only host sync (null:
-            8 on CUDA, 1 elsewhere); rows that ended only add padding meanwhile.
+            8 on CUDA, 1 elsewhere); rows that ended only add padding meanwhile. Under FSDP every rank decodes the
+            whole budget: each step gathers weights with the other ranks, which may still be decoding.
         merge_lora: decode a LoRA policy from merged copies of its adapted weights (null: yes, except for 4-bit,
             sharded or DoRA layers, which keep the adapters); the reference stays the untouched base.
     """
@@ -198,13 +200,17 @@ class VcapEngine(RolloutEngine):
             inputs, video_features = pad_prompts(inputs, video_features, size)
             cache_len = -(-(prompt_len + max_new_tokens) // self.length_bucket) * self.length_bucket
         interval = self.stop_check_interval or (8 if device.type == "cuda" else 1)
+        sharded = bool(sharded_units(model))
+        if sharded:  # each decode step all-gathers weights with the other ranks, so every rank takes the whole
+            interval = max_new_tokens  # budget (a rank that stopped first would leave the others waiting), and
+            # the step runs eagerly: a graph would replay the gathers into memory FSDP frees and reuses
         if self._weights is None:
             self._weights = RolloutWeights()
         merge = self.merge_lora is not False
         with self._weights.applied(model, context.get("weights_version")) if merge else nullcontext():
             ids = runner.generate(model, inputs, num_generations, max_new_tokens, eos_token_ids, sampling,
                                   video_features=video_features, suppress_tokens=vision_token_ids(model),
-                                  cache_len=cache_len, stop_check_interval=interval)
+                                  cache_len=cache_len, stop_check_interval=interval, allow_graph=not sharded)
         self.last_stats = dict(runner.last_stats)
         return ids[:batch * num_generations]
 

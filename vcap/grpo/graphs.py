@@ -78,8 +78,9 @@ class DecodeRunner:
     def generate(self, model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
                  eos_token_ids: list[int], sampling: Sampling, video_features=None,
                  suppress_tokens: list[int] | None = None, generator: torch.Generator | None = None,
-                 cache_len: int | None = None, stop_check_interval: int = 1) -> torch.Tensor:
-        """(B x G, T) completion ids, group by group, pad after each EOS; T <= max_new_tokens."""
+                 cache_len: int | None = None, stop_check_interval: int = 1, allow_graph: bool = True) -> torch.Tensor:
+        """(B x G, T) completion ids, group by group, pad after each EOS; T <= max_new_tokens. ``allow_graph``
+        False runs this rollout eagerly even on a runner that captures graphs."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if stop_check_interval < 1:
@@ -92,7 +93,7 @@ class DecodeRunner:
                id(generator) if generator is not None else None)
         with decode_attention(model):  # decode steps only: the prefill above used the model's own attention
             bucket = self.bucket(key, model, prompt_cache, rows, cache_len, logits.shape[-1], sampling,
-                                 list(suppress_tokens or []), list(eos_token_ids), generator)
+                                 list(suppress_tokens or []), list(eos_token_ids), generator, allow_graph)
             state, cache = bucket.state, bucket.cache
             load_prompts(state, cache, prompt_cache, logits, positions, inputs, num_generations, sampling, generator)
             del prompt_cache, logits
@@ -101,16 +102,18 @@ class DecodeRunner:
                 draw_noise(state, generator)
                 self.step(model, state, cache, sampling)
 
-            run = bucket.graph.replay if bucket.graph is not None else eager
+            graphed = bucket.graph is not None and allow_graph
+            run = bucket.graph.replay if graphed else eager
             for step in range(1, max_new_tokens):
                 if step % stop_check_interval == 0 and bool(state.finished.all()):
                     break
                 run()
         length = output_length(state)
-        self.last_stats = {"cuda_graph": float(bucket.graph is not None), "decode_steps": float(int(state.step))}
+        self.last_stats = {"cuda_graph": float(graphed), "decode_steps": float(int(state.step))}
         return state.completions[:, :length].clone()
 
-    def bucket(self, key, model, prompt_cache, rows, cache_len, vocab, sampling, never, eos, generator) -> Bucket:
+    def bucket(self, key, model, prompt_cache, rows, cache_len, vocab, sampling, never, eos, generator,
+               allow_graph: bool = True) -> Bucket:
         bucket = self.buckets.get(key)
         if bucket is None:
             device = prompt_cache.layers[0].keys.device
@@ -120,7 +123,8 @@ class DecodeRunner:
             while len(self.buckets) > self.max_buckets:
                 self.buckets.popitem(last=False)
         self.buckets.move_to_end(key)
-        wants_graph = self.cuda_graph and bucket.state.token.device.type == "cuda" and bucket.failure is None
+        wants_graph = (self.cuda_graph and allow_graph and bucket.state.token.device.type == "cuda"
+                       and bucket.failure is None)
         if wants_graph and (bucket.graph is None or bucket.addresses != parameter_addresses(model)):
             self.capture(bucket, model, sampling, generator)
         return bucket

@@ -17,9 +17,13 @@ from vcap.grpo.rollout import Rollout, chunked_logprobs, sequence_logprobs
 from vcap.grpo.stats import mean_over_iterations, truncated
 from vcap.grpo.vision import encode_videos
 from vcap.policy import CaptionPolicyModule
+from vcap.rank_metrics import Tally, all_ranks, mean_of
 from vcap.rewards import RewardOutput, parse_completion
 
 log = logging.getLogger(__name__)
+# how each engine statistic merges over ranks (others: mean): the step waits for the slowest rank's rollout, and
+# the job's throughput is every rank's tokens per second together
+ROLLOUT_REDUCE = {"seconds": "max", "decode_steps": "max", "tokens_per_s": "sum"}
 
 
 class GRPOModule(CaptionPolicyModule):
@@ -81,7 +85,8 @@ class GRPOModule(CaptionPolicyModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.count_skips(batch)
         if batch["inputs"] is None:
-            return self.step_without_data()
+            self.step_without_data()
+            return self.log_global(self.skipped_tally())  # joins the other ranks' metric exchange
         hp = self.hparams
         videos = encode_videos(self.model, batch["inputs"])  # once per step; None when the tower trains
         rollout = self.rollout_engine.generate(self.model, batch["inputs"], hp.num_generations,
@@ -145,28 +150,42 @@ class GRPOModule(CaptionPolicyModule):
 
     def log_rollout(self, rollout: Rollout, rewards: RewardOutput, adv, stats: dict, texts: list[str],
                     records: list[dict]) -> None:
-        n = len(texts)
         lengths = rollout.completion_mask.sum(dim=1).float()
         grouped = rewards.scores.view(-1, self.hparams.num_generations)
-        metrics = {
-            "train/reward": rewards.scores[~rewards.excluded].mean(),  # the rewards the update used
-            "train/reward_std": grouped.std(dim=1).mean(),
-            "train/frac_reward_zero_std": adv.zero_std.float().mean(),
-            "train/completion_length": lengths.mean(),
-            "train/clipped_completions": truncated(rollout.completion_ids, rollout.completion_mask,
-                                                   self.eos_token_ids).float().mean(),
-            "train/reward_failures": torch.tensor(float(len(rewards.failures))),
-            "train/judge_failures": rewards.failed.sum().float(),
-            "train/lr": torch.tensor(self.lr_schedulers().get_last_lr()[0]),
-            **{f"train/{k}": v for k, v in stats.items()},
-            **{f"train/reward/{k}": v.nanmean() for k, v in rewards.components.items()},  # failed judgments: NaN
-            **{f"rollout/{k}": torch.tensor(float(v)) for k, v in self.rollout_engine.last_stats.items()},
+        # the loss is a mean over sequences (grpo, dr_grpo) or tokens (dapo), KL and clipping over tokens: weighted
+        # so, the ranks' values merge to the joined batch's
+        valid = (~rewards.excluded).to(rollout.completion_mask)  # the samples the loss counted
+        tokens = float((rollout.completion_mask * valid.unsqueeze(1)).sum())
+        loss_weight = tokens if self.hparams.loss_type == "dapo" else float(len(texts))
+        weights = {"loss": loss_weight, "kl": tokens, "clip_fraction": tokens}
+        tallies = {
+            "train/reward": mean_of(rewards.scores[~rewards.excluded]),  # the rewards the update used
+            "train/reward_std": mean_of(grouped.std(dim=1)),
+            "train/frac_reward_zero_std": mean_of(adv.zero_std.float()),
+            "train/completion_length": mean_of(lengths),
+            "train/clipped_completions": mean_of(truncated(rollout.completion_ids, rollout.completion_mask,
+                                                           self.eos_token_ids).float()),
+            "train/reward_failures": Tally(float(len(rewards.failures)), reduce="sum"),
+            "train/judge_failures": Tally(float(rewards.failed.sum()), reduce="sum"),
+            "train/lr": Tally(self.lr_schedulers().get_last_lr()[0]),
+            **{f"train/{k}": Tally(float(v) * weights.get(k, 1.0), weights.get(k, 1.0)) for k, v in stats.items()},
+            # failed judgments are NaN: unknown, left out of the mean (NaN when the whole batch failed)
+            **{f"train/reward/{k}": mean_of(v[~v.isnan()]) for k, v in rewards.components.items()},
+            **{f"rollout/{k}": Tally(float(v), reduce=ROLLOUT_REDUCE.get(k, "mean"))
+               for k, v in self.rollout_engine.last_stats.items()},
+            **self.skipped_tally(),
         }
-        self.log_dict(metrics, batch_size=n, prog_bar=False)
-        self.log("reward", metrics["train/reward"], prog_bar=True, batch_size=n, logger=False)
+        self.log_global(tallies)
         every = self.hparams.log_completions_every
         if every and self.trainer.is_global_zero and (self.global_step // self.hparams.num_iterations - 1) % every == 0:
             self.write_samples(texts, records, rewards)
+
+    def log_global(self, tallies: dict[str, Tally]) -> None:
+        """Log this step's numbers over every rank's samples (a collective: each rank calls it once per step)."""
+        metrics = all_ranks(tallies)
+        self.log_dict(metrics, batch_size=1, prog_bar=False)
+        if "train/reward" in metrics:
+            self.log("reward", metrics["train/reward"], prog_bar=True, batch_size=1, logger=False)
 
     def write_samples(self, texts: list[str], records: list[dict], rewards: RewardOutput, k: int = 4) -> None:
         log_dir = self.samples_dir  # trainer.log_dir is a collective under DDP: read once by all ranks

@@ -9,9 +9,16 @@
   with ``collective_rpc("reload_weights")`` (LoRA merged in), then the prefix and encoder caches are reset: a
   stale encoder cache fails the next rollout on a seen video ("Encoder cache miss").
 * Vision placeholder tokens are excluded through ``allowed_token_ids`` (vLLM masks the rest to -inf).
+* Under DDP/FSDP every rank runs its own engine (tensor parallel 1) on its own device, inside the training job's
+  process group (vLLM's ``external_launcher``), and pushes its own weights: under FSDP gathered one FSDP unit at a
+  time (``vcap.distributed.full_named_parameters``), under DDP they are already identical.
+* Each prompt is sampled with its own seed, from (engine seed, optimizer step, rank, position in the rank's batch):
+  ranks never share a seed, a run is reproducible, and a prompt's completions do not depend on which other
+  prompts share the batch.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -19,7 +26,9 @@ from typing import Any
 
 import torch
 
-from vcap.distributed import is_distributed
+import torch.distributed as dist
+
+from vcap.distributed import clean_name, full_named_parameters, is_distributed
 from vcap.errors import UsageError
 from vcap.grpo.engines import ENGINES, RolloutEngine
 from vcap.grpo.rollout import vision_token_ids
@@ -55,10 +64,10 @@ def merged_weights(model):
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     modules = dict(base.named_modules())
-    names = {name for name, _ in base.named_parameters()}
-    if "lm_head.weight" not in names:  # tied to the input embeddings: vLLM gets its own copy (see start)
-        yield "lm_head.weight", base.get_output_embeddings().weight.detach()
-    for name, param in base.named_parameters():
+    output = base.get_output_embeddings().weight
+    tied = next((n for n, p in base.named_parameters() if p is output and clean_name(n) != "lm_head.weight"), None)
+    # under FSDP each unit is gathered while its weights are read: the LoRA factors sit in their layer's unit
+    for name, param in full_named_parameters(base):
         if "lora_" in name:
             continue
         owner_name, _, leaf = name.rpartition(".")
@@ -72,11 +81,13 @@ def merged_weights(model):
                 for adapter in layer.active_adapters:
                     if adapter in layer.lora_A:
                         tensor += layer.get_delta_weight(adapter).to(tensor.dtype)
-            yield f"{layer_name}.{leaf}", tensor.detach()
+            yield clean_name(f"{layer_name}.{leaf}"), tensor.detach()
         elif type(param).__name__ == "Params4bit":
-            yield name, dequantize_module_weight(owner).detach()
+            yield clean_name(name), dequantize_module_weight(owner).detach()
         else:
-            yield name, param.detach()
+            yield clean_name(name), param.detach()
+        if name == tied:  # tied to the input embeddings: vLLM gets its own copy (see start)
+            yield "lm_head.weight", param.detach()
 
 
 @ENGINES.register("vllm")
@@ -88,11 +99,13 @@ class VLLMEngine(RolloutEngine):
             frequency_penalty, seed.
         gpu_memory_utilization: share of the GPU vLLM may take for weights and KV cache (the rest trains); on
             CPU, vLLM reads it as the share of the machine's memory.
-        enable_sleep_mode: offload vLLM's weights and drop its KV cache between rollouts (CUDA only).
+        enable_sleep_mode: offload vLLM's weights and drop its KV cache between rollouts, so training has the
+            memory (CUDA only: on CPU it is skipped with a warning).
         max_model_len: longest prompt + completion vLLM plans for (null: the model's maximum).
         dtype: vLLM's weight dtype, e.g. bfloat16 (null: the policy's).
         enforce_eager: no CUDA graphs (faster start, slower decoding).
-        seed: vLLM's sampling seed.
+        seed: the sampling seed; each prompt's seed is drawn from it, the optimizer step, the rank and the
+            prompt's position (``request_seeds``).
         llm_kwargs: further ``vllm.LLM`` arguments, e.g. {kv_cache_memory_bytes: 4000000000}.
     """
 
@@ -127,18 +140,19 @@ class VLLMEngine(RolloutEngine):
         if processor is None:
             raise ValueError("engine 'vllm' needs the processor (GRPOModule passes it)")
         vllm = import_vllm()
-        if is_distributed():
-            raise ValueError("engine 'vllm' runs in a single process for now; with DDP/FSDP use rollout: vcap")
         if self.enable_sleep_mode and not torch.cuda.is_available():
-            raise ValueError("engine 'vllm': enable_sleep_mode needs CUDA; set it to false on CPU")
+            log.warning("engine 'vllm': enable_sleep_mode is skipped on CPU (vLLM sleeps through CUDA's memory "
+                        "allocator; the CPU backend has none); rollouts run without it")
+            self.enable_sleep_mode = False
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         dtype = self.dtype or str(core_model(model).language_model.embed_tokens.weight.dtype).removeprefix("torch.")
         self._model_dir = tempfile.TemporaryDirectory(prefix="vcap-vllm-")
         config = base.config.to_dict()
         # untied: vLLM's in-place reload restores a layer that loads nothing (a tied LM head) to its old
         # tensors, which would put the dummy embeddings back; the pushed weights carry lm_head explicitly
-        config.update(architectures=[type(base).__name__], dtype=dtype, tie_word_embeddings=False)
+        config.update(architectures=[unsharded_class(base).__name__], dtype=dtype, tie_word_embeddings=False)
         config.get("text_config", {})["tie_word_embeddings"] = False
+        config.pop("quantization_config", None)  # a QLoRA policy's weights arrive dequantized: vLLM serves them plain
         type(base.config).from_dict(config).save_pretrained(self._model_dir.name)
         processor.save_pretrained(self._model_dir.name)
         # no raw videos or images: with embeddings enabled, vLLM serves videos as features only (no ViT runs,
@@ -148,7 +162,9 @@ class VLLMEngine(RolloutEngine):
                        enforce_eager=self.enforce_eager, max_model_len=self.max_model_len,
                        enable_sleep_mode=self.enable_sleep_mode, gpu_memory_utilization=self.gpu_memory_utilization)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: the engine lives in this process
-        log.info("starting vLLM (%s, %s) for rollouts", type(base).__name__, dtype)
+        if is_distributed():
+            options.update(join_training_ranks(model))
+        log.info("starting vLLM (%s, %s) for rollouts", unsharded_class(base).__name__, dtype)
         self.llm = vllm.LLM(**{**options, **self.llm_kwargs})
         self.pushed_version = None
 
@@ -162,6 +178,12 @@ class VLLMEngine(RolloutEngine):
         self.pushed_version = version
 
     # -- sampling -----------------------------------------------------------------------------------
+    def request_seeds(self, count: int, step: int, rank: int) -> list[int]:
+        """One seed per prompt of this rank's batch. vLLM gives a prompt's G completions seed, seed + 1, ...
+        seed + G - 1, so seeds are 56-bit hashes, far apart."""
+        keys = (f"{self.seed}/{step}/{rank}/{i}".encode() for i in range(count))
+        return [int.from_bytes(hashlib.blake2b(k, digest_size=7).digest(), "big") for k in keys]
+
     def allowed_token_ids(self, model) -> list[int] | None:
         """Every token id but the vision placeholders (None when there are none); the list spans the whole
         vocabulary (152k ids for Qwen), so it is built once per model, not once per rollout."""
@@ -183,12 +205,17 @@ class VLLMEngine(RolloutEngine):
             self.llm.wake_up()
         if self.pushed_version is None or weights_version is None or weights_version != self.pushed_version:
             self.push_weights(model, weights_version)
-        params = vllm.SamplingParams(
-            n=num_generations, max_tokens=max_new_tokens, stop_token_ids=list(eos_token_ids),
-            temperature=temperature if do_sample else 0.0, top_p=top_p if do_sample else 1.0,
-            allowed_token_ids=self.allowed_token_ids(model),
-            detokenize=False, skip_special_tokens=False,
-            **{SAMPLING_NAMES[k]: v for k, v in self.sampling.items()})
+        options = dict(n=num_generations, max_tokens=max_new_tokens, stop_token_ids=list(eos_token_ids),
+                       temperature=temperature if do_sample else 0.0, top_p=top_p if do_sample else 1.0,
+                       allowed_token_ids=self.allowed_token_ids(model), detokenize=False, skip_special_tokens=False,
+                       **{SAMPLING_NAMES[k]: v for k, v in self.sampling.items()})
+        count = len(inputs["input_ids"])
+        if "seed" in self.sampling:  # one fixed seed asked for: every prompt gets it, as before
+            params = [vllm.SamplingParams(**options)] * count
+        else:
+            rank = dist.get_rank() if is_distributed() else 0
+            seeds = self.request_seeds(count, int(weights_version or 0), rank)
+            params = [vllm.SamplingParams(**options, seed=seed) for seed in seeds]
         outputs = self.llm.generate(vllm_prompts(model, inputs, video_features), params, use_tqdm=False)
         if self.enable_sleep_mode:
             self.llm.sleep(level=1)
@@ -198,6 +225,29 @@ class VLLMEngine(RolloutEngine):
         for i, row in enumerate(rows):
             ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         return ids.to(inputs["input_ids"].device)
+
+
+def unsharded_class(module) -> type:
+    """The model's own class: FSDP2 swaps in a subclass (``FSDPQwen2VL...``) that vLLM does not know."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(module)
+    while issubclass(cls, FSDPModule) and cls is not FSDPModule:
+        cls = next(b for b in cls.__bases__ if b is not FSDPModule)
+    return cls
+
+
+def join_training_ranks(model) -> dict[str, Any]:
+    """vLLM options for one engine per rank inside the training job's process group: ``external_launcher`` reads
+    this rank's RANK and LOCAL_RANK (set here where the launcher did not) and puts the engine on this rank's
+    device; tensor parallel 1, so each rank's engine serves its own prompts and needs nothing from the others."""
+    device = next(model.parameters()).device
+    os.environ.setdefault("RANK", str(dist.get_rank()))
+    os.environ.setdefault("LOCAL_RANK", str(device.index or 0))
+    if device.type == "cuda" and int(os.environ["LOCAL_RANK"]) != device.index:
+        raise ValueError(f"engine 'vllm': LOCAL_RANK={os.environ['LOCAL_RANK']} but this rank trains on {device}; "
+                         "launch with Lightning, torchrun or SLURM so that each rank's LOCAL_RANK is its GPU")
+    return dict(distributed_executor_backend="external_launcher", tensor_parallel_size=1)
 
 
 def collapse_runs(ids: list[int], token: int | None) -> list[int]:
