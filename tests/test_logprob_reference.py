@@ -1,0 +1,142 @@
+"""Log-probs on every path against a plain full forward with ``torch.log_softmax(logits / T)`` (tests/reference.py).
+
+Paths: the shared prefix (every micro-batch size, sdpa and eager), the repeated layout, with and without grad,
+with precomputed video features and with pixels encoded in the forward (trainable tower), chunked
+``selected_logprobs`` (one position per chunk, checkpointed under grad), and the module's old-policy and
+reference passes. Temperature is 0.7 throughout: a pass that forgets it is off by far more than fp32 noise.
+"""
+import pytest
+import torch
+from peft import LoraConfig
+
+from tests.reference import assert_close, reference_logprobs
+from tests.video_batches import prompt_batch, random_completions
+from vcap.grpo import logprobs as logprobs_module
+from vcap.grpo.module import GRPOModule
+from vcap.grpo.rollout import Rollout, chunked_logprobs, sequence_logprobs
+from vcap.grpo.vision import encode_videos
+from vcap.model.loading import load_policy, load_processor
+
+MODEL = "vcap-tiny-sft"  # shipped: no build, and trained, so its distributions are far from uniform
+G, WIDTH, T = 3, 6, 0.7
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return load_processor(MODEL)
+
+
+@pytest.fixture(scope="module")
+def prompts(processor):
+    return prompt_batch(processor)
+
+
+def completions(processor, n):
+    tok = processor.tokenizer
+    return random_completions(n, WIDTH, tok.eos_token_id, tok.pad_token_id)
+
+
+def rollout_for(model, prompts, processor, features=True):
+    ids, mask = completions(processor, len(prompts["input_ids"]) * G)
+    return Rollout(prompts, G, ids, mask, encode_videos(model, prompts) if features else None)
+
+
+def expected(model, rollout, temperature=T):
+    with torch.no_grad():
+        return reference_logprobs(model, rollout.prompts, rollout.completion_ids, rollout.completion_mask, G,
+                                  temperature)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_no_grad_passes_equal_the_full_forward(processor, prompts, attn):
+    model = load_policy(MODEL, attn_implementation=attn).eval()
+    with_features = rollout_for(model, prompts, processor)
+    from_pixels = rollout_for(model, prompts, processor, features=False)
+    want = expected(model, with_features)
+    kept = with_features.completion_mask.bool()
+    with torch.no_grad():
+        for rollout, name in ((with_features, "features"), (from_pixels, "pixels")):
+            for mb in (1, 2, 4, 9):
+                got = chunked_logprobs(model, rollout, mb, T, shared_prefix=True)
+                assert_close(got[kept], want[kept], f"shared prefix, {name}, micro_batch_size={mb}", rel=1e-5)
+            for mb in (2, 9):
+                got = chunked_logprobs(model, rollout, mb, T, shared_prefix=False)
+                assert_close(got[kept], want[kept], f"repeated, {name}, micro_batch_size={mb}", rel=1e-5)
+    assert not torch.allclose(want[kept], expected(model, with_features, 1.0)[kept], atol=1e-2)  # T matters here
+
+
+def weighted_grads(model, logp_fn, weights):
+    """Gradients of sum(weights * log-probs) accumulated over the passes ``logp_fn`` yields."""
+    model.zero_grad(set_to_none=True)
+    for rows, logp in logp_fn():
+        (logp * weights[rows]).sum().backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("freeze_vision, attn", [(True, "sdpa"), (False, "eager")])
+def test_gradients_equal_the_full_forward_gradients(processor, prompts, monkeypatch, freeze_vision, attn):
+    model = load_policy(MODEL, attn_implementation=attn, freeze_vision=freeze_vision).train()
+    rollout = rollout_for(model, prompts, processor)
+    assert (rollout.video_features is None) == (not freeze_vision)
+    n = rollout.completion_ids.shape[0]
+    weights = torch.linspace(-1.0, 1.5, n * WIDTH).view(n, WIDTH) * rollout.completion_mask
+
+    def full():
+        yield slice(0, n), reference_logprobs(model, prompts, rollout.completion_ids, rollout.completion_mask, G, T)
+    want = weighted_grads(model, full, weights)
+    assert any(".visual." in name for name in want) == (not freeze_vision)
+
+    def passes(mb, shared):
+        def run():
+            for start in range(0, n, mb):
+                stop = min(start + mb, n)
+                yield slice(start, stop), sequence_logprobs(model, rollout, start, stop, T, shared_prefix=shared)
+        return run
+
+    # one position per fp32 chunk: the chunked, checkpointed log-softmax path is the one that runs
+    monkeypatch.setattr(logprobs_module.selected_logprobs, "__defaults__", (1.0, 600))
+    for mb, shared in ((2, True), (4, True), (9, True), (9, False)):
+        got = weighted_grads(model, passes(mb, shared), weights)
+        assert got.keys() == want.keys()
+        for name in want:
+            assert_close(got[name], want[name], f"{name}: micro_batch_size={mb}, shared_prefix={shared}")
+
+
+def perturbed(model, seed=3):
+    """Moves the language model's weights so the policy differs from its reference copy."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad and "lora_" not in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def test_module_old_and_reference_passes_use_the_rollout_temperature(processor, prompts):
+    module = GRPOModule(name_or_path=MODEL, num_generations=G, beta=0.1, num_iterations=2, micro_batch_size=4,
+                        temperature=T, rewards={"format": 1.0})
+    module.configure_model()
+    reference_model = load_policy(MODEL).eval()
+    perturbed(module.model)
+    rollout = rollout_for(module.model, prompts, processor)
+    old, ref = module.fixed_logprobs(rollout)
+    kept = rollout.completion_mask.bool()
+    assert_close(old[kept], expected(module.model, rollout)[kept], "old policy", rel=1e-5)
+    assert_close(ref[kept], expected(reference_model, rollout)[kept], "reference", rel=1e-5)
+    assert not torch.allclose(old[kept], ref[kept], atol=1e-3)
+
+    module.hparams.num_iterations, module.hparams.beta = 1, 0.0  # neither pass is needed then
+    assert module.fixed_logprobs(rollout) == (None, None)
+
+
+def test_lora_reference_pass_is_the_base_model_at_the_rollout_temperature(processor, prompts):
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False)
+    module = GRPOModule(name_or_path=MODEL, num_generations=G, beta=0.2, micro_batch_size=5, temperature=T,
+                        peft=lora, rewards={"format": 1.0})
+    module.configure_model()
+    assert module.ref_model is None
+    rollout = rollout_for(module.model, prompts, processor)
+    old, ref = module.fixed_logprobs(rollout)
+    kept = rollout.completion_mask.bool()
+    assert old is None
+    assert_close(ref[kept], expected(load_policy(MODEL).eval(), rollout)[kept], "reference = base", rel=1e-5)
+    assert not torch.allclose(ref[kept], expected(module.model, rollout)[kept], atol=1e-3)  # adapters matter
