@@ -6,6 +6,8 @@ tests/test_distributed_reference.py runs it on 2 gloo ranks with torchrun::
 
     python -m torch.distributed.run --nproc-per-node 2 -m tests.step_probe CONFIG.json OUT_DIR
 
+with CONFIG.json ``{"runs": [{"options": {...}, "rank_prompts": [[...], [...]]}, ...]}``.
+
 Recorded per optimizer step: each rank's own accumulated gradient (before the all-reduce), the gradient that
 reaches clipping, the gradient the optimizer applies, and the weights before the first and after the last step.
 The optimizer is plain SGD so that a step is exactly ``w - lr * g``.
@@ -161,12 +163,13 @@ def run_step(options: dict, indices: list[int], root: Path, devices: int = 1) ->
 
 
 def main(config_path: str, out_dir: str) -> None:
-    """torchrun entry: each rank runs its own prompts of ``config['rank_prompts']`` and saves its records."""
+    """torchrun entry: for each run of the config, each rank fits its own prompts and saves its records."""
     config = json.loads(Path(config_path).read_text())
     rank = int(os.environ["RANK"])
-    torch.manual_seed(0)
-    records_ = run_step(config["options"], config["rank_prompts"][rank], Path(out_dir), devices=2)
-    torch.save(records_, Path(out_dir) / f"rank{rank}.pt")
+    for k, run in enumerate(config["runs"]):
+        torch.manual_seed(0)
+        recorded = run_step(run["options"], run["rank_prompts"][rank], Path(out_dir) / str(k), devices=2)
+        torch.save(recorded, Path(out_dir) / f"run{k}-rank{rank}.pt")
 
 
 if __name__ == "__main__":
