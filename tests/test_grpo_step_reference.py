@@ -7,12 +7,14 @@ log-probs from plain full forwards at the rollout temperature, the loss with its
 autograd on that, clipping by the global norm and ``w - lr * g``; for μ > 1 it chains the steps itself, with the
 old log-probs frozen at the rollout's weights.
 """
+import statistics
+
 import pytest
 import torch
 
 from tests.reference import (assert_close, clip_by_global_norm, global_norm, reference_advantages, reference_logprobs,
                              reference_loss)
-from tests.step_probe import G, MODEL, REWARDS, completions, prompt_batch, run_step
+from tests.step_probe import G, LENGTHS, MODEL, REWARDS, WIDTH, completions, prompt_batch, run_step
 from vcap.model.loading import load_policy, load_processor
 
 PROMPTS = [0, 1, 2]
@@ -65,14 +67,31 @@ def reference_step(options: dict, indices: list[int], start_weights: dict[str, t
         logp = reference_logprobs(model, prompts, ids, mask, G, temperature)
         loss = reference_loss(logp, old, ref, adv, mask, options["loss_type"], beta, eps, eps_high, max_len=8)
         loss.backward()
+        stats = token_stats(logp.detach(), old, ref, adv, mask, eps, eps_high)
         grads = {n: p.grad.clone() for n, p in trainable.items()}
         clipped = clip_by_global_norm(grads, options["max_grad_norm"])
         with torch.no_grad():
             for n, p in trainable.items():
                 p.sub_(options["learning_rate"] * clipped[n])
-        steps.append({"grad": grads, "clipped": clipped,
+        steps.append({"grad": grads, "clipped": clipped, "loss": loss.item(), **stats,
                       "weights": {n: p.detach().clone() for n, p in trainable.items()}})
     return steps
+
+
+def token_stats(logp, old, ref, adv, mask, eps, eps_high) -> dict[str, float]:
+    """Share of kept tokens whose ratio bound binds, and their mean k3 KL."""
+    clipped = kl = 0.0
+    for i, row in enumerate(mask.tolist()):
+        for t, kept in enumerate(row):
+            if not kept:
+                continue
+            ratio = float(torch.exp(logp[i, t] - old[i, t]))
+            clipped += (adv[i] > 0 and ratio > 1 + eps_high) or (adv[i] < 0 and ratio < 1 - eps)
+            if ref is not None:
+                d = float(ref[i, t] - logp[i, t])
+                kl += torch.exp(torch.tensor(d)).item() - d - 1
+    tokens = float(mask.sum())
+    return {"clip_fraction": clipped / tokens, "kl": kl / tokens}
 
 
 def assert_same_tensors(got: dict, want: dict, what: str, rel: float = 2e-4) -> None:
@@ -100,3 +119,30 @@ def test_training_step_equals_the_reference(tmp_path, name):
     assert_same_tensors(deltas, want_deltas, "weight change")
     if mu > 1:  # the second step moved away from the rollout's weights far enough for the ratio clip to bind
         assert got["metrics"]["train/clip_fraction"] > 0
+
+
+def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path):
+    """What the step logs, from the fixed table: rewards, lengths, truncation, and the loss, KL and clip fraction
+    of both optimizer steps (averaged), as the reference computes them."""
+    options = CONFIGS["grpo-kl-mu2"]
+    torch.manual_seed(0)
+    got = run_step(options, PROMPTS, tmp_path)
+    want = reference_step(options, PROMPTS, got["before"])
+    metrics = got["metrics"]
+    flat = [r or 0.0 for i in PROMPTS for r in REWARDS[i]]  # an excluded sample is logged with score 0
+    groups = [flat[g:g + G] for g in range(0, len(flat), G)]
+    lengths = [n for i in PROMPTS for n in LENGTHS[i]]
+    expected = {
+        "train/reward": statistics.fmean(flat),
+        "train/reward_std": statistics.fmean(statistics.stdev(g) for g in groups),
+        "train/frac_reward_zero_std": 0.0,
+        "train/completion_length": statistics.fmean(lengths),
+        "train/clipped_completions": sum(n == WIDTH for n in lengths) / len(lengths),  # no EOS: cut by the budget
+        "train/reward_failures": 0.0,
+        "train/lr": options["learning_rate"],
+        "train/reward/tests.step_probe:TableReward": statistics.fmean(flat),
+        **{f"train/{key}": statistics.fmean(step[key] for step in want) for key in ("loss", "kl", "clip_fraction")},
+    }
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert want[0]["clip_fraction"] == 0 < want[1]["clip_fraction"]  # on-policy at first, clipped after a step

@@ -13,7 +13,7 @@ from tests.reference import assert_close, reference_logprobs
 from tests.video_batches import prompt_batch, random_completions
 from vcap.grpo import logprobs as logprobs_module
 from vcap.grpo.module import GRPOModule
-from vcap.grpo.rollout import Rollout, chunked_logprobs, sequence_logprobs
+from vcap.grpo.rollout import Rollout, chunked_logprobs, completion_mask, sequence_logprobs, vision_token_ids
 from vcap.grpo.vision import encode_videos
 from vcap.model.loading import load_policy, load_processor
 
@@ -47,22 +47,38 @@ def expected(model, rollout, temperature=T):
                                   temperature)
 
 
+# (layout, micro-batch sizes) per (attention, video source): every size on the main path, a few elsewhere
+NO_GRAD_PASSES = {("sdpa", "features"): [(True, 1), (True, 2), (True, 4), (True, 9), (False, 2), (False, 9)],
+                  ("sdpa", "pixels"): [(True, 4), (False, 9)],
+                  ("eager", "features"): [(True, 1), (True, 4)]}
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_no_grad_passes_equal_the_full_forward(processor, prompts, attn):
     model = load_policy(MODEL, attn_implementation=attn).eval()
-    with_features = rollout_for(model, prompts, processor)
-    from_pixels = rollout_for(model, prompts, processor, features=False)
-    want = expected(model, with_features)
-    kept = with_features.completion_mask.bool()
+    rollouts = {"features": rollout_for(model, prompts, processor),
+                "pixels": rollout_for(model, prompts, processor, features=False)}
+    want = expected(model, rollouts["features"])
+    kept = rollouts["features"].completion_mask.bool()
     with torch.no_grad():
-        for rollout, name in ((with_features, "features"), (from_pixels, "pixels")):
-            for mb in (1, 2, 4, 9):
-                got = chunked_logprobs(model, rollout, mb, T, shared_prefix=True)
-                assert_close(got[kept], want[kept], f"shared prefix, {name}, micro_batch_size={mb}", rel=1e-5)
-            for mb in (2, 9):
-                got = chunked_logprobs(model, rollout, mb, T, shared_prefix=False)
-                assert_close(got[kept], want[kept], f"repeated, {name}, micro_batch_size={mb}", rel=1e-5)
-    assert not torch.allclose(want[kept], expected(model, with_features, 1.0)[kept], atol=1e-2)  # T matters here
+        for (attn_, source), passes in NO_GRAD_PASSES.items():
+            for shared, mb in passes if attn_ == attn else ():
+                got = chunked_logprobs(model, rollouts[source], mb, T, shared_prefix=shared)
+                assert_close(got[kept], want[kept], f"{source}, shared_prefix={shared}, micro_batch_size={mb}",
+                             rel=1e-5)
+    if attn == "sdpa":
+        assert not torch.allclose(want[kept], expected(model, rollouts["features"], 1.0)[kept], atol=1e-2)
+
+
+def test_completion_mask_keeps_tokens_up_to_the_first_eos_of_any_eos_id():
+    ids = torch.tensor([[5, 2, 7, 2], [2, 2, 3, 4], [4, 5, 6, 7], [4, 9, 2, 8]])
+    assert completion_mask(ids, [2]).tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]]
+    assert completion_mask(ids, [2, 9]).tolist()[3] == [1, 1, 0, 0]
+
+
+def test_vision_placeholders_are_the_tokens_a_completion_may_not_contain():
+    model = load_policy(MODEL)
+    assert vision_token_ids(model) == [3, 4, 5, 6]  # vision start/end, image and video placeholders (config.json)
 
 
 def weighted_grads(model, logp_fn, weights):

@@ -190,3 +190,23 @@ def test_advantage_eps_by_hand():
     # [3, 1, 2]: mean 2, sample std 1 -> (r - 2) / (1 + 0.5)
     out = group_advantages(torch.tensor([3.0, 1.0, 2.0]), 3, eps=0.5)
     assert out.advantages.tolist() == pytest.approx([1 / 1.5, -1 / 1.5, 0.0])
+
+
+def test_defaults_are_grpo_epsilon_0_2_no_kl_and_256_tokens():
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]], dtype=torch.float64))
+    old, ref = torch.zeros(1, 3, dtype=torch.float64), torch.full((1, 3), -1.0, dtype=torch.float64)
+    mask = torch.ones(1, 3)
+    adv = torch.tensor([1.0], dtype=torch.float64)
+    per_token, _ = clipped_surrogate(logp, old, adv)
+    assert per_token[0].tolist() == pytest.approx([-1.2, -0.5, -1.1])  # clipped at 1 + 0.2 above
+    per_token, _ = clipped_surrogate(logp, old, -adv)
+    assert per_token[0].tolist() == pytest.approx([1.5, 0.8, 1.1])  # and at 1 - 0.2 below
+    loss, stats = grpo_loss(logp, old, ref, adv, mask)
+    assert loss.item() == pytest.approx((-1.2 - 0.5 - 1.1) / 3) and "kl" not in stats  # grpo, beta 0
+    loss, _ = grpo_loss(logp, old, ref, adv, mask, loss_type="dr_grpo")
+    assert loss.item() == pytest.approx((-1.2 - 0.5 - 1.1) / 256)  # one sequence x 256 tokens
+
+
+def test_beta_without_reference_log_probs_names_the_problem():
+    with pytest.raises(ValueError, match=r"^beta != 0 needs reference log-probs$"):
+        grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.ones(1), torch.ones(1, 1), beta=0.1)

