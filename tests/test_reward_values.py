@@ -179,19 +179,20 @@ def test_escore_bins_at_other_thresholds(coverage, low, high, expected):
 
 
 class ScriptedJudge(Judge):
-    """Entails a hypothesis when its text occurs in the premise; fails on premises containing FAIL; extracts
-    sentences split at '.'; rates from the ``ratings`` table."""
+    """Entails a hypothesis when its text occurs in the premise; fails on premises containing ``fail_word``;
+    extracts sentences split at '.' (fails on texts containing NOEXTRACT); rates from the ``ratings`` table."""
 
-    def __init__(self, ratings: dict | None = None):
-        self.ratings = ratings or {}
+    def __init__(self, ratings: dict | None = None, fail_word: str = "FAIL"):
+        self.ratings, self.fail_word = ratings or {}, fail_word
 
     def entail_many(self, requests):
-        return [EntailmentResult(None, "scripted failure") if "FAIL" in premise else
+        return [EntailmentResult(None, "scripted failure") if self.fail_word in premise else
                 EntailmentResult(["entailment" if h in premise else "neutral" for h in hyps])
                 for premise, hyps in requests]
 
     def extract_events(self, texts):
-        return [ExtractionResult([s.strip() for s in t.split(".") if s.strip()]) for t in texts]
+        return [ExtractionResult(None, "cannot extract") if "NOEXTRACT" in t else
+                ExtractionResult([s.strip() for s in t.split(".") if s.strip()]) for t in texts]
 
     def rate(self, texts, references):
         return [RatingResult(None, None, "scripted failure") if t not in self.ratings else RatingResult(*self.ratings[t])
@@ -208,13 +209,16 @@ def answer(text):
 
 def test_caption_reward_step_bins_coverage_and_failures():
     reward = build_reward("caption", judge=JUDGE, mode="step", low=0.25, high=0.75, on_failure="exclude")
-    texts = ["nothing", "e1.", "e1. e2.", "e1 e2 e3", "e1 e2 e3 e4", "FAIL e1"]
+    texts = ["nothing", "e1.", "FAIL e1", "e1. e2.", "e1 e2 e3", "e1 e2 e3 e4"]
     sample = {"id": "s", "events": EVENTS}
     out = reward([answer(t) for t in texts] + [parse_completion("no answer")], [sample] * 7)
-    assert out.components["coverage"].tolist() == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 0.0, 0.0])
-    assert out.scores.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0, 0.0, 0.0]
-    assert out.excluded.tolist() == [False] * 5 + [True, False]  # a judge failure is excluded, no answer is not
-    assert dict(out.failures) == {5: "judge failed: scripted failure", 6: "no <answer> block"}
+    assert out.components["coverage"].tolist() == pytest.approx([0.0, 0.25, 0.0, 0.5, 0.75, 1.0, 0.0])
+    assert out.scores.tolist() == [0.0, 0.5, 0.0, 0.5, 1.0, 1.0, 0.0]
+    assert out.excluded.tolist() == [False, False, True] + [False] * 4  # a judge failure is excluded, no answer not
+    assert dict(out.failures) == {2: "judge failed: scripted failure", 6: "no <answer> block"}
+    # the judge's own options reach it; low = 0 is a valid lower bound
+    other = build_reward("caption", judge=JUDGE, judge_options={"fail_word": "BROKEN"}, low=0.0, high=0.5)
+    assert other([answer("FAIL e1"), answer("BROKEN")], [sample] * 2).scores.tolist() == [0.5, 0.0]
     zero = build_reward("caption", judge=JUDGE, on_failure="zero")([answer("FAIL")], [sample])
     assert zero.excluded.tolist() == [False] and zero.scores.tolist() == [0.0]
     no_events = build_reward("caption", judge=JUDGE, mode="linear")([answer("anything")], [{"events": []}])
@@ -223,17 +227,50 @@ def test_caption_reward_step_bins_coverage_and_failures():
 
 def test_caption_f1_metric_by_hand():
     reward = build_reward("caption", judge=JUDGE, mode="linear", metric="f1")
-    sample = {"events": EVENTS, "caption": "e1 and e2 happen. e3 too."}
-    # recall: e1, e2 of 4 = 0.5; extracted [e1, e2, x9]: e1 and e2 occur in the reference caption: precision 2/3
+    sample = {"events": EVENTS, "caption": "e1 happens."}
+    # recall: e1, e2 of 4 = 0.5; extracted [e1, e2, x9], of which only e1 is in the reference caption: 1/3
     out = reward([answer("e1. e2. x9.")], [sample])
     assert out.components["coverage"].tolist() == pytest.approx([0.5])
+    assert out.components["precision"].tolist() == pytest.approx([1 / 3])
+    assert out.scores.tolist() == pytest.approx([2 * 0.5 * (1 / 3) / (0.5 + 1 / 3)])
+    # without a reference caption the events joined by spaces stand in: "e1 e2" is in "e1 e2 e3 e4"
+    out = reward([answer("e1 e2. e3. x9.")], [{"events": EVENTS}])
+    assert out.components["coverage"].tolist() == pytest.approx([0.75])
     assert out.components["precision"].tolist() == pytest.approx([2 / 3])
-    assert out.scores.tolist() == pytest.approx([2 * 0.5 * (2 / 3) / (0.5 + 2 / 3)])
-    # without a reference caption the events joined stand in for it; the F1 then goes through the step bins
+    # recall 0.25 and precision 0.5 (sum below 1): F1 1/3; recall 0 and precision 0: F1 0, not an error
+    out = reward([answer("e1. x9."), answer("x9."), answer("")], [sample, sample, sample])
+    assert out.scores.tolist() == pytest.approx([1 / 3, 0.0, 0.0])
+    assert out.components["precision"].tolist() == pytest.approx([0.5, 0.0, 1.0])  # nothing extracted: 1
+    # the F1 goes through the step bins like recall does
     step = build_reward("caption", judge=JUDGE, mode="step", low=0.5, high=0.9, metric="f1")
     out = step([answer("e1. e2. e3. x9.")], [{"events": EVENTS}])
     assert out.components["precision"].tolist() == pytest.approx([0.75])
     assert out.scores.tolist() == [0.5]  # F1(0.75, 0.75) = 0.75: in [0.5, 0.9)
+
+
+def test_caption_f1_failures_of_extraction_or_precision_judging():
+    reward = build_reward("caption", judge=JUDGE, mode="linear", metric="f1", on_failure="exclude")
+    good = {"events": EVENTS, "caption": "e1 happens."}
+    out = reward([answer("NOEXTRACT e1."), answer("e1."), answer("e1.")],
+                 [good, {"events": EVENTS, "caption": "FAIL"}, good])
+    assert dict(out.failures) == {0: "judge failed: cannot extract", 1: "judge failed: scripted failure"}
+    assert out.excluded.tolist() == [True, True, False]
+    assert out.scores.tolist() == pytest.approx([0.0, 0.0, 2 * 0.25 / 1.25])
+
+
+def test_caption_errors_say_what_is_wrong():
+    import re
+
+    message = ("sample s7 has no 'events'; add them to the manifest (e.g. with a judge that extracts events from "
+               "the caption)")
+    with pytest.raises(KeyError, match=re.escape(message)):
+        build_reward("caption", judge=JUDGE)([answer("a")], [{"id": "s7"}])
+    with pytest.raises(KeyError, match=re.escape("sample ? has no 'events'")):
+        build_reward("caption", judge=JUDGE)([answer("a")], [{}])
+    with pytest.raises(ValueError, match=r"^on_failure must be 'zero' or 'exclude', got 'skip'$"):
+        build_reward("caption", judge=JUDGE, on_failure="skip")
+    with pytest.raises(ValueError, match=r"^caption metric must be 'recall' \(the paper's Escore\) or 'f1', got 'p'$"):
+        build_reward("caption", judge=JUDGE, metric="p")
 
 
 def test_cnscore_weights_and_failures():
@@ -241,14 +278,16 @@ def test_cnscore_weights_and_failures():
     reward = build_reward("cnscore", judge=JUDGE, judge_options={"ratings": ratings}, completeness_weight=3.0,
                           naturalness_weight=1.0, on_failure="exclude")
     sample = {"id": "s", "caption": "ref"}
-    out = reward([answer("good"), answer("fine"), answer("unrated"), parse_completion("none")], [sample] * 4)
-    assert out.scores.tolist() == pytest.approx([(3 * 0.8 + 0.4) / 4, (3 * 0.5 + 1.0) / 4, 0.0, 0.0])
-    assert out.components["completeness"].tolist() == pytest.approx([0.8, 0.5, 0.0, 0.0])
-    assert out.components["naturalness"].tolist() == pytest.approx([0.4, 1.0, 0.0, 0.0])
-    assert out.excluded.tolist() == [False, False, True, False]
-    assert dict(out.failures) == {2: "judge failed: scripted failure", 3: "no <answer> block"}
-    with pytest.raises(KeyError, match="caption"):
-        reward([answer("good")], [{"id": "s"}])
+    out = reward([answer("good"), answer("unrated"), answer("fine"), parse_completion("none")], [sample] * 4)
+    assert out.scores.tolist() == pytest.approx([(3 * 0.8 + 0.4) / 4, 0.0, (3 * 0.5 + 1.0) / 4, 0.0])
+    assert out.components["completeness"].tolist() == pytest.approx([0.8, 0.0, 0.5, 0.0])
+    assert out.components["naturalness"].tolist() == pytest.approx([0.4, 0.0, 1.0, 0.0])
+    assert out.excluded.tolist() == [False, True, False, False]
+    assert dict(out.failures) == {1: "judge failed: scripted failure", 3: "no <answer> block"}
+    with pytest.raises(KeyError, match=r"sample s9 has no 'caption' \(the cnscore reference\)"):
+        reward([answer("good")], [{"id": "s9"}])
+    with pytest.raises(KeyError, match=r"sample \? has no 'caption'"):
+        reward([answer("good")], [{}])
     with pytest.raises(ValueError, match="on_failure"):
         build_reward("cnscore", judge=JUDGE, on_failure="skip")
 
