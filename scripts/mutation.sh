@@ -32,9 +32,9 @@ rewards_caption  vcap/rewards/caption.py tests/test_rewards.py tests/test_reward
 rewards_cnscore  vcap/rewards/cnscore.py tests/test_openai_judge.py tests/test_reward_values.py
 rewards_format   vcap/rewards/format.py  tests/test_rewards.py tests/test_reward_values.py
 rewards_matching vcap/rewards/matching.py tests/test_matching.py tests/test_rewards.py tests/test_reward_values.py
-rewards_parsing  vcap/rewards/parsing.py tests/test_rewards.py tests/test_reward_values.py
+rewards_parsing  vcap/rewards/parsing.py tests/test_rewards.py tests/test_reward_values.py tests/test_parsing_values.py
 rewards_think    vcap/rewards/think.py   tests/test_rewards.py tests/test_matching.py tests/test_reward_values.py
-bench_scoring    vcap/bench/scoring.py   tests/test_bench_scoring.py
+bench_scoring    vcap/bench/scoring.py   tests/test_bench_scoring.py tests/test_bench_scoring_values.py
 sft              vcap/sft.py             tests/test_sft.py tests/test_sft_loss.py
 "
 
@@ -67,6 +67,8 @@ run_target() {
         echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]'
         echo 'process_isolation = "forkserver"'  # torch is not fork-safe after its thread pools started
         echo 'use_git_change_detection = false'
+        # a forked test run loads its fixtures (models) again, which the timing run did once for all tests
+        echo 'timeout_constant = 5.0'
     } >> "$dir/pyproject.toml"
     echo "== $name: $module against ${tests[*]}"
     local start=$SECONDS
@@ -83,8 +85,8 @@ s = json.loads((Path(d) / "mutants" / "mutmut-cicd-stats.json").read_text())
 judged = s["killed"] + s["survived"] + s.get("timeout", 0) + s.get("suspicious", 0) + s.get("no_tests", 0)
 killed = s["killed"] + s.get("timeout", 0)
 score = 100.0 * killed / judged if judged else 100.0
-print(f"{name:17s} {module:26s} mutants {s['total']:4d}  killed {killed:4d}  survived {s['survived']:3d}  "
-      f"no tests {s.get('no_tests', 0):3d}  score {score:5.1f}%  ({seconds} s)")
+print(f"{name:17s} {module:26s} mutants {s['total']:4d}  killed {killed:4d} (timeouts {s.get('timeout', 0)})  "
+      f"survived {s['survived']:3d}  no tests {s.get('no_tests', 0):3d}  score {score:5.1f}%  ({seconds} s)")
 EOF
 }
 
