@@ -83,3 +83,8 @@ def test_vdcscore_official_drop_zero_drops_a_zero_accuracy_or_a_zero_score():
 def test_vdcscore_of_nothing():
     out = vdcscore([])
     assert out == {"dimensions": {}, "avg": {"acc": 0.0, "score": 0.0}, "official_drop_zero": False}
+
+
+def test_defaults_count_only_entailment_and_give_f1_zero():
+    assert AutoDQSample("a", [E, N], [N]).scores() == (0.5, 0.0)
+    assert _f1(0.0, 0.0) == 0.0
