@@ -93,6 +93,56 @@ def test_ddp_reducer_is_switched_off_only_for_ddp_modules():
     assert distributed.take_over_ddp_gradient_sync(torch.nn.Linear(2, 2)) is False
 
 
+def test_share_of_global_counts_is_the_sum_over_ranks_over_the_world_size(monkeypatch):
+    counts = torch.tensor([3.0, 10.0], dtype=torch.float64)
+    assert torch.equal(distributed.share_of_global_counts(counts), counts)  # one process: its own counts
+    monkeypatch.setattr(distributed, "dist", TwoRanks())
+    shared = distributed.share_of_global_counts(counts)
+    assert shared.tolist() == [(3 + 7) / 2, (10 + 21) / 2]  # the other rank holds 2 c + 1: [7, 21]
+    assert counts.tolist() == [3.0, 10.0]  # the caller's tensor is left alone
+
+
+class FakeFSDPModule:
+    """Stands in for torch's FSDPModule: records the gathering around generation."""
+
+
+class Sharded(torch.nn.Module, FakeFSDPModule):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def _get_fsdp_state(self):
+        calls = self.calls
+
+        class State:
+            def _lazy_init(self):
+                calls.append("init")
+        return State()
+
+    def unshard(self):
+        self.calls.append("unshard")
+
+    def reshard(self):
+        self.calls.append("reshard")
+
+
+def test_generation_under_fsdp2_gathers_the_root_parameters_and_releases_them(monkeypatch):
+    import torch.distributed.fsdp as fsdp
+
+    monkeypatch.setattr(fsdp, "FSDPModule", FakeFSDPModule)
+    model = Sharded()
+    with distributed.full_parameters_for_generation(model):
+        model.calls.append("generate")
+    assert model.calls == ["init", "unshard", "generate", "reshard"]
+    with pytest.raises(RuntimeError):
+        with distributed.full_parameters_for_generation(model):
+            raise RuntimeError("generation failed")
+    assert model.calls[-1] == "reshard"  # released even when generation raises
+    plain = torch.nn.Linear(2, 2)
+    with distributed.full_parameters_for_generation(plain):
+        pass  # not sharded: nothing to gather
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -156,3 +156,22 @@ def test_lora_reference_pass_is_the_base_model_at_the_rollout_temperature(proces
     assert old is None
     assert_close(ref[kept], expected(load_policy(MODEL).eval(), rollout)[kept], "reference = base", rel=1e-5)
     assert not torch.allclose(ref[kept], expected(module.model, rollout)[kept], atol=1e-3)  # adapters matter
+
+
+def test_selected_logprobs_default_temperature_and_chunk_size(monkeypatch):
+    """Temperature 1 by default; each fp32 chunk holds at most ``chunk_elements // (batch * vocab)`` positions."""
+    torch.manual_seed(0)
+    logits, positions = torch.randn(2, 7, 5), torch.tensor([0, 1, 2, 4, 6])
+    targets = torch.randint(0, 5, (2, 5))
+    dense = logits[:, positions].log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    sizes = []
+    chunk = logprobs_module._chunk_logprobs
+
+    def recording(logits_, pos, tgt, temperature):
+        sizes.append(len(pos))
+        return chunk(logits_, pos, tgt, temperature)
+    monkeypatch.setattr(logprobs_module, "_chunk_logprobs", recording)
+    for chunk_elements, expected in ((2 * 5, [1] * 5), (2 * 2 * 5, [2, 2, 1]), (2 * 3 * 5 + 9, [3, 2]), (1, [1] * 5)):
+        sizes.clear()
+        got = logprobs_module.selected_logprobs(logits, positions, targets, chunk_elements=chunk_elements)
+        assert torch.allclose(got, dense, atol=1e-6) and sizes == expected, chunk_elements

@@ -178,6 +178,10 @@ def test_escore_bins_at_other_thresholds(coverage, low, high, expected):
     assert escore(coverage, "linear", low, high) == coverage
 
 
+def test_escore_defaults_to_the_papers_step_bins():
+    assert [escore(c) for c in (0.2, 0.3, 0.4)] == [0.0, 0.5, 1.0]  # 0.28 and 0.35
+
+
 class ScriptedJudge(Judge):
     """Entails a hypothesis when its text occurs in the premise; fails on premises containing ``fail_word``;
     extracts sentences split at '.' (fails on texts containing NOEXTRACT); rates from the ``ratings`` table."""
