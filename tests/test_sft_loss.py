@@ -32,8 +32,9 @@ def records():
 def make_module(**options):
     module = SFTModule(name_or_path=MODEL, rewards={"format": 1.0}, target_source="reference", **options)
     module.configure_model()
-    module.count_skips = lambda batch: None  # both need a Trainer; neither touches the loss
-    module.log = lambda *args, **kwargs: None
+    module.calls = []  # count_skips and log need a Trainer: recorded instead
+    module.count_skips = lambda batch: module.calls.append(("count_skips", batch))
+    module.log = lambda *args, **kwargs: module.calls.append(("log", args, kwargs))
     return module
 
 
@@ -69,7 +70,9 @@ def test_sft_loss_and_gradient_equal_a_direct_cross_entropy(max_target_length):
     else:
         assert lengths == [12, 12]
 
-    loss = module.training_step({"inputs": prompts, "records": records(), "skipped": []}, 0)
+    batch = {"inputs": prompts, "records": records(), "skipped": []}
+    loss = module.training_step(batch, 0)
+    assert module.calls == [("count_skips", batch), ("log", ("train/loss", loss), {"prog_bar": True, "batch_size": 2})]
     loss.backward()
     got = {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None}
     module.model.zero_grad(set_to_none=True)
@@ -95,3 +98,9 @@ def test_sft_targets_come_from_the_chosen_source():
     assert sft.tokenizer.decode(ids[0][mask[0].bool()]) == TARGETS[0] + sft.tokenizer.eos_token
     with pytest.raises(ValueError, match="target_source"):
         SFTModule(name_or_path=MODEL, target_source="human")
+    message = ("SFT needs 'structure' and 'caption' (or 'sft_structure' and 'sft_caption') in every record; "
+               "r9 lacks one")
+    for record in ({"id": "r9", "structure": STRUCTURES[0]}, {"id": "r9", "caption": "x"}):
+        with pytest.raises(KeyError) as error:
+            sft.targets([record])
+        assert error.value.args == (message,)
