@@ -63,7 +63,7 @@ run_target() {
     # the work tree as git sees it (new files included, ignored ones not)
     (cd "$ROOT" && git ls-files -co --exclude-standard -- vcap tests setup.cfg pyproject.toml) |
         (cd "$ROOT" && xargs cp --parents -t "$dir")
-    "$PYTHON" "$ROOT/scripts/mutation_fence_init.py" "$dir/$module"
+    "$PYTHON" "$ROOT/scripts/mutation_prepare.py" "$dir/$module"
     {
         echo
         echo "[tool.mutmut]"
