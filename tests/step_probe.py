@@ -144,7 +144,8 @@ def run_step(options: dict, indices: list[int], root: Path, devices: int = 1) ->
     options = dict(options)
     if options.pop("lora", False):
         options["peft"] = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False)
-    module = StepProbeModule(name_or_path=MODEL, num_generations=G, max_completion_length=8, log_completions_every=0,
+    options.setdefault("log_completions_every", 0)
+    module = StepProbeModule(name_or_path=MODEL, num_generations=G, max_completion_length=8,
                              rewards={"tests.step_probe:TableReward": 1.0}, **options)
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}

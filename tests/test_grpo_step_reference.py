@@ -7,6 +7,7 @@ log-probs from plain full forwards at the rollout temperature, the loss with its
 autograd on that, clipping by the global norm and ``w - lr * g``; for μ > 1 it chains the steps itself, with the
 old log-probs frozen at the rollout's weights.
 """
+import json
 import statistics
 
 import pytest
@@ -126,7 +127,7 @@ def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path):
     of both optimizer steps (averaged), as the reference computes them."""
     options = CONFIGS["grpo-kl-mu2"]
     torch.manual_seed(0)
-    got = run_step(options, PROMPTS, tmp_path)
+    got = run_step(dict(options, log_completions_every=1), PROMPTS, tmp_path)
     want = reference_step(options, PROMPTS, got["before"])
     metrics = got["metrics"]
     flat = [r or 0.0 for i in PROMPTS for r in REWARDS[i]]  # an excluded sample is logged with score 0
@@ -146,3 +147,8 @@ def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path):
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert want[0]["clip_fraction"] == 0 < want[1]["clip_fraction"]  # on-policy at first, clipped after a step
+    # the first 4 samples of the rollout, written once per rollout (after both optimizer steps)
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["id"], s["reward"], s["failure"]) for s in samples] == [
+        (2, "p0", 1.0, None), (2, "p0", 0.0, None), (2, "p0", 0.5, None), (2, "p1", pytest.approx(0.2), None)]
+    assert all(isinstance(s["completion"], str) and s["completion"] for s in samples)
