@@ -210,3 +210,15 @@ def test_defaults_are_grpo_epsilon_0_2_no_kl_and_256_tokens():
 def test_beta_without_reference_log_probs_names_the_problem():
     with pytest.raises(ValueError, match=r"^beta != 0 needs reference log-probs$"):
         grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.ones(1), torch.ones(1, 1), beta=0.1)
+
+
+def test_token_mean_of_one_token_none_and_a_fractional_share():
+    one = torch.tensor([[2.5, 9.0]], dtype=torch.float64)
+    assert grpo_loss(one, one, None, torch.zeros(1, dtype=torch.float64), torch.tensor([[1.0, 0.0]]),
+                     loss_type="dapo")[1]["clip_fraction"].item() == 0.0
+    from vcap.grpo.losses import token_mean
+
+    assert token_mean(one, torch.tensor([[1.0, 0.0]])).item() == 2.5  # one token: divided by 1
+    assert token_mean(one, torch.zeros(1, 2)).item() == 0.0  # no token: 0, not nan
+    # a rank's share of the global token count (2 ranks, 7 tokens) is used exactly, in the loss's precision
+    assert token_mean(one, torch.ones(1, 2), total_tokens=7 / 3).item() == pytest.approx(11.5 * 3 / 7, rel=1e-13)
