@@ -51,7 +51,7 @@ class TwoRanks:
             raise AssertionError(f"unexpected reduce op {op}")
 
 
-@pytest.mark.parametrize("bucket_elements", [7, 1000])
+@pytest.mark.parametrize("bucket_elements", [7, 16, 1000])
 def test_all_reduce_averages_every_gradient_in_buckets(monkeypatch, bucket_elements):
     fake = TwoRanks()
     monkeypatch.setattr(distributed, "dist", fake)
@@ -70,6 +70,8 @@ def test_all_reduce_averages_every_gradient_in_buckets(monkeypatch, bucket_eleme
     assert sum(fake.calls) == total  # every element reduced exactly once
     if bucket_elements == 1000:
         assert fake.calls == [12 + 4 + 9 + 4, 5]  # one bucket per dtype
+    elif bucket_elements == 16:  # 12 + 4 fill a bucket exactly; 9 + 4 the next
+        assert fake.calls == [16, 13, 5]
     else:  # at most 7 elements a bucket, a larger tensor alone; fp32 first (the first parameter's), then fp64
         assert fake.calls == [12, 4, 9, 4, 5]
 
