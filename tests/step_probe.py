@@ -98,10 +98,14 @@ class FixedRollout:
     def __init__(self):
         self.indices: list[int] = []
         self.temperatures: list[float] = []
+        self.calls: list[dict] = []  # what the module asked for, to check against its settings
 
     def generate(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id, temperature,
                  top_p, video_features=None, **context):
         self.temperatures.append(temperature)
+        self.calls.append(dict(model=model, inputs=inputs, num_generations=num_generations,
+                               max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
+                               top_p=top_p, video_features=video_features, **context))
         ids, mask = completions(self.indices, eos_token_ids[0], pad_token_id)
         return Rollout(inputs, num_generations, ids, mask, video_features)
 
@@ -158,7 +162,18 @@ def run_step(options: dict, indices: list[int], root: Path, devices: int = 1) ->
                         use_distributed_sampler=False, default_root_dir=root)
     trainer.fit(module, train_dataloaders=loader)
     after = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
-    return {"before": before, "after": after, "local": module.local_grads, "clip_input": module.clip_input_grads,
+    call = module.rollout_engine.calls[0]
+    expected_call = dict(model=module.model, num_generations=G, max_new_tokens=8, eos_token_ids=module.eos_token_ids,
+                         pad_token_id=processor.tokenizer.pad_token_id, top_p=module.hparams.top_p,
+                         processor=module.processor, weights_version=0)
+    rollout_call_ok = {k: call[k] is v if k in ("model", "processor") else call[k] == v
+                       for k, v in expected_call.items()}
+    rollout_call_ok["inputs"] = all(torch.equal(call["inputs"][k], v) for k, v in batch["inputs"].items())
+    rollout_call_ok["video_features"] = call["video_features"] is not None  # the frozen tower encoded once
+    reference = module.ref_model
+    return {"rollout_call_ok": rollout_call_ok, "has_reference_copy": reference is not None,
+            "reference_frozen": reference is None or not any(p.requires_grad for p in reference.parameters()),
+            "before": before, "after": after, "local": module.local_grads, "clip_input": module.clip_input_grads,
             "applied": module.applied_grads, "temperatures": module.rollout_engine.temperatures,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
 

@@ -24,9 +24,9 @@ CONFIGS = {
     # μ = 2 with old log-probs, KL, clip-higher, micro-batches that split groups, clipped gradient
     "grpo-kl-mu2": dict(loss_type="grpo", beta=0.1, temperature=0.7, num_iterations=2, micro_batch_size=4,
                         max_grad_norm=0.5, epsilon=0.2, epsilon_high=0.28, learning_rate=2.0),
-    "dapo-hot": dict(loss_type="dapo", beta=0.0, temperature=1.3, num_iterations=1, micro_batch_size=2,
+    "dapo-hot": dict(loss_type="dapo", beta=0.0, temperature=1.3, top_p=0.9, num_iterations=1, micro_batch_size=2,
                      max_grad_norm=0.0, learning_rate=1.0),
-    "dr_grpo-unscaled-mu2": dict(loss_type="dr_grpo", beta=0.05, temperature=0.7, num_iterations=2,
+    "dr_grpo-unscaled-mu2": dict(loss_type="dr_grpo", beta=1.0, temperature=0.7, num_iterations=2,
                                  micro_batch_size=5, scale_rewards="none", max_grad_norm=0.05, epsilon=0.1,
                                  learning_rate=4.0),
     "dapo-repeated-mu2": dict(loss_type="dapo", beta=0.04, temperature=0.8, num_iterations=2, micro_batch_size=9,
@@ -109,6 +109,8 @@ def test_training_step_equals_the_reference(tmp_path, name):
     want = reference_step(options, PROMPTS, got["before"])
     mu = options.get("num_iterations", 1)
     assert got["temperatures"] == [options["temperature"]]  # the rollout is sampled at the configured temperature
+    assert all(got["rollout_call_ok"].values()), got["rollout_call_ok"]  # and with the module's other settings
+    assert got["has_reference_copy"] == (options["beta"] != 0 and not options.get("lora")) and got["reference_frozen"]
     assert len(got["applied"]) == len(want) == mu
     for k, step in enumerate(want):
         assert_same_tensors(got["local"][k], step["grad"], f"step {k} gradient")
