@@ -63,8 +63,8 @@ def test_parse_keeps_the_think_text_and_gives_exact_reasons():
 
 
 def test_format_target_by_hand():
-    subjects = [Subject("circle", ["red"], ["moves left"]), Subject("dot")]
+    subjects = [Subject("circle", ["red"], ["moves left"]), Subject("crème dot")]
     assert Subject("dot").to_json() == {"subject": "dot", "attributes": [], "actions": []}
-    assert format_target(subjects, "A red circle, café.") == (
+    assert format_target(subjects, "A red circle, café.") == (  # non-ASCII stays as written, not \u escapes
         '<think>[{"subject": "circle", "attributes": ["red"], "actions": ["moves left"]}, '
-        '{"subject": "dot", "attributes": [], "actions": []}]</think><answer>A red circle, café.</answer>')
+        '{"subject": "crème dot", "attributes": [], "actions": []}]</think><answer>A red circle, café.</answer>')
