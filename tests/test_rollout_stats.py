@@ -36,6 +36,15 @@ def test_mean_over_iterations_by_hand():
     assert mean_over_iterations([]) == {}
 
 
+def test_mean_over_iterations_of_one_step_and_of_integer_or_double_stats():
+    one = mean_over_iterations([{"loss": torch.tensor(2.5)}])
+    assert one == {"loss": torch.tensor(2.5)}
+    mixed = mean_over_iterations([{"count": 1, "kl": torch.tensor(0.5, dtype=torch.float64)},
+                                  {"count": 2, "kl": torch.tensor(1.0, dtype=torch.float64)}])
+    assert mixed["count"].item() == 1.5 and mixed["kl"].item() == 0.75  # integers are averaged as floats
+    assert mixed["count"].dtype == mixed["kl"].dtype == torch.float32  # logged as float32 whatever came in
+
+
 def test_mu_2_logs_the_mean_of_both_iterations(tmp_path, tiny_path, shapes_manifest):
     module = make_module(tiny_path, num_iterations=2, beta=0.1, micro_batch_size=8)
     per_iteration, logged = [], {}

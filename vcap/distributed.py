@@ -77,6 +77,21 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], bucket_elements: int 
             bucket, size = ([g], g.numel()) if g is not None else ([], 0)
 
 
+@torch.no_grad()
+def share_of_global_counts(counts: torch.Tensor) -> torch.Tensor:
+    """``counts`` summed over all ranks and divided by the world size (``counts`` itself without a process group).
+
+    The ranks' gradients are averaged, so a rank that normalises its loss by these shares, not by its own counts,
+    contributes exactly its part of the whole batch's loss, even when ranks hold different numbers of tokens
+    (DAPO's token mean) or of sequences (a rank that skipped videos). Every rank must call it, in step.
+    """
+    if not is_distributed():
+        return counts
+    total = counts.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()
+
+
 @contextmanager
 def full_parameters_for_generation(model: torch.nn.Module):
     """Generation under FSDP2 sees full weights: ``generate`` encodes the video before any forward (transformers

@@ -10,7 +10,8 @@ import torch
 from peft import PeftConfig
 
 from vcap.bench.distributed import finish_benchmark
-from vcap.distributed import all_reduce_gradients, check_strategy_support, take_over_ddp_gradient_sync
+from vcap.distributed import (all_reduce_gradients, check_strategy_support, share_of_global_counts,
+                              take_over_ddp_gradient_sync)
 from vcap.errors import UsageError
 from vcap.grpo.rollout import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
@@ -297,6 +298,8 @@ class CaptionPolicyModule(L.LightningModule):
         opt = self.optimizers()
         for _ in range(self.hparams.get("num_iterations", 1)):  # as many steps (and all-reduces) as the other ranks
             opt.zero_grad()
+            # the counts all-reduce of GRPOModule.policy_update (this rank adds no sequences, no tokens)
+            share_of_global_counts(torch.zeros(2, dtype=torch.float64, device=self.device))
             self.sync_and_clip_gradients(opt)
             opt.step()
             self.lr_schedulers().step()

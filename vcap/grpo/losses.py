@@ -94,8 +94,9 @@ def seq_mean_token_mean(per_token: torch.Tensor, mask: torch.Tensor, *, total_se
 def token_mean(per_token: torch.Tensor, mask: torch.Tensor, *, total_tokens: float | None = None,
                **_: object) -> torch.Tensor:
     """DAPO: one mean over every completion token in the batch."""
-    denom = mask.sum() if total_tokens is None else torch.as_tensor(total_tokens, dtype=per_token.dtype)
-    return (per_token * mask).sum() / denom.clamp(min=1)
+    # a given total is a rank's share of the global count (vcap.distributed.share_of_global_counts): it may be < 1
+    denom = mask.sum().clamp(min=1) if total_tokens is None else torch.as_tensor(total_tokens, dtype=per_token.dtype)
+    return (per_token * mask).sum() / denom
 
 
 @register_loss("dr_grpo")

@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from jsonargparse import lazy_instance
 
+from vcap.distributed import share_of_global_counts
 from vcap.grpo.engines import RolloutEngine, VcapEngine, build_engine, engine_config
 from vcap.grpo.losses import get_loss_aggregation, group_advantages, grpo_loss
 from vcap.grpo.prefix import check_shared_prefix_support
@@ -127,7 +128,10 @@ class GRPOModule(CaptionPolicyModule):
         opt, sched = self.optimizers(), self.lr_schedulers()
         mask = rollout.completion_mask * valid.to(rollout.completion_mask).unsqueeze(1)
         n, mb = mask.shape[0], hp.micro_batch_size
-        totals = dict(total_sequences=n, total_tokens=mask.sum().clamp(min=1).item())
+        # normalise by the whole batch over all ranks (each rank's share), not by this rank's own counts
+        sequences, tokens = share_of_global_counts(
+            torch.tensor([n, mask.sum().item()], dtype=torch.float64, device=self.device)).tolist()
+        totals = dict(total_sequences=sequences, total_tokens=tokens or 1.0)
         advantages = advantages.to(self.device)
         stats: dict[str, torch.Tensor] = {}
         opt.zero_grad()
