@@ -260,5 +260,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     out = vcap("validate", "--bench", "nope", cwd=tmp_path, check=False, env={"VCAP_DEBUG": "1"})
     assert out.returncode != 0 and "Traceback" in out.stderr and "unknown benchmark 'nope'" in out.stderr
     monkeypatch.setattr(sys, "argv", ["vcap"])
+    monkeypatch.delenv("VCAP_DEBUG", raising=False)
     with pytest.raises(UsageError, match="unknown benchmark 'nope'"):
         main(["validate", "--bench", "nope", "--debug"])
+    assert "VCAP_DEBUG" not in os.environ  # --debug in one call leaves no debug mode behind for the next

@@ -223,3 +223,14 @@ def test_pad_prompts_appends_copies_of_the_last_prompt_with_its_video(setup):
     assert same is prompts and same_features is features  # nothing to pad
     no_pixels = {k: v for k, v in prompts.items() if k != "pixel_values_videos"}
     assert "video_grid_thw" in pad_prompts(no_pixels, None, count + 1)[0]  # mrope positions still need the grid
+
+
+def test_greedy_under_bf16_autocast_equals_hf_generate(setup):
+    """fp32 weights in ``bf16-mixed`` (the full fine-tuning recipe): the prefill leaves fp32 keys and bf16 values,
+    and the static cache must hold each in its own dtype."""
+    model, tok, prompts = setup
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hf = sample_completions(model, prompts, 1, 24, [tok.eos_token_id], tok.pad_token_id, do_sample=False)
+        ours = sample_completions(model, prompts, 1, 24, [tok.eos_token_id], tok.pad_token_id, do_sample=False,
+                                  engine="vcap")
+    assert torch.equal(ours.completion_ids, hf.completion_ids)

@@ -316,7 +316,8 @@ def test_reward_set_is_the_weighted_sum_and_keeps_sub_scores_and_exclusions():
     texts = ['<think>[{"subject": "a"}]</think><answer>e1. e2.</answer>', "<think>x</think><answer>FAIL</answer>"]
     out = rewards([parse_completion(t) for t in texts], [{"events": EVENTS}] * 2)
     assert out.scores.tolist() == pytest.approx([0.5 * 1.0 + 2.0 * 0.5, 0.0])
-    assert out.components["caption/coverage"].tolist() == pytest.approx([0.5, 0.0])
+    coverage = out.components["caption/coverage"].tolist()
+    assert coverage[0] == pytest.approx(0.5) and math.isnan(coverage[1])  # an excluded sample has no sub-score
     assert out.components["format/tags"].tolist() == [1.0, 1.0]
     assert out.excluded.tolist() == [False, True]
     assert any(why.startswith("caption: judge failed") for i, why in out.failures if i == 1)

@@ -202,6 +202,7 @@ def debug_requested(args: list[str]) -> bool:
 def main(args: list[str] | None = None) -> None:
     raw = list(sys.argv[1:] if args is None else args)
     debug = debug_requested(raw)
+    previous = os.environ.get("VCAP_DEBUG")
     if debug:
         os.environ["VCAP_DEBUG"] = "1"  # DataLoader workers and subprocesses show third-party output too
     raw = [a for a in raw if a != "--debug"]
@@ -215,6 +216,11 @@ def main(args: list[str] | None = None) -> None:
         for line in error_lines(err, raw):
             print(f"vcap: error: {line}", file=sys.stderr)
         raise SystemExit(1 if service else 2) from None
+    finally:  # an in-process caller (a test, a notebook) gets its environment back
+        if previous is None:
+            os.environ.pop("VCAP_DEBUG", None)
+        else:
+            os.environ["VCAP_DEBUG"] = previous
 
 
 if __name__ == "__main__":

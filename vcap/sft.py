@@ -57,7 +57,7 @@ class SFTModule(CaptionPolicyModule):
         loss = -(logp * mask).sum() / mask.sum()
         # the token mean over every rank's targets: each rank's mean weighted by its tokens
         tokens = float(mask.sum())
-        metrics = all_ranks({"train/loss": Tally(float(loss) * tokens, tokens), **self.skipped_tally()})
+        metrics = all_ranks({"train/loss": Tally(float(loss.detach()) * tokens, tokens), **self.skipped_tally()})
         self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, batch_size=1)
         self.log_dict(metrics, batch_size=1)
         return loss

@@ -184,12 +184,15 @@ def prefill(model, inputs: dict[str, torch.Tensor], video_features=None):
 
 
 def static_cache_like(model, prompt_cache, rows: int, cache_len: int) -> StaticCache:
-    """A static cache of ``rows`` x ``cache_len`` with the prefill's dtype, heads and head size, allocated now."""
+    """A static cache of ``rows`` x ``cache_len`` with the prefill's heads, head sizes and dtypes, allocated now.
+
+    Keys and values take their own dtypes from the prefill: under autocast (fp32 weights, ``bf16-mixed``) the
+    rotary embedding leaves the keys in fp32 while the values come out of the projection in bf16."""
     cache = StaticCache(config=model.config, max_cache_len=cache_len)
-    layers = prompt_cache.layers
-    cache.early_initialization(batch_size=rows, num_heads=[layer.keys.shape[1] for layer in layers],
-                               head_dim=[layer.keys.shape[-1] for layer in layers], dtype=layers[0].keys.dtype,
-                               device=layers[0].keys.device)
+    for static, prompt in zip(cache.layers, prompt_cache.layers):
+        keys, values = prompt.keys, prompt.values
+        static.lazy_initialization(keys.new_empty((rows, keys.shape[1], 0, keys.shape[-1])),
+                                   values.new_empty((rows, values.shape[1], 0, values.shape[-1])))
     return cache
 
 

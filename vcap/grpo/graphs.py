@@ -89,8 +89,9 @@ class DecodeRunner:
         rows = batch * num_generations
         cache_len = max(cache_len or 0, prompt_len + max_new_tokens)
         logits, prompt_cache, positions = prefill(model, inputs, video_features)
+        first = prompt_cache.layers[0]  # autocast on or off changes the cache dtypes: another bucket
         key = (id(model), rows, cache_len, sampling, tuple(eos_token_ids), tuple(suppress_tokens or ()),
-               id(generator) if generator is not None else None)
+               id(generator) if generator is not None else None, first.keys.dtype, first.values.dtype)
         with decode_attention(model):  # decode steps only: the prefill above used the model's own attention
             bucket = self.bucket(key, model, prompt_cache, rows, cache_len, logits.shape[-1], sampling,
                                  list(suppress_tokens or []), list(eos_token_ids), generator, allow_graph)

@@ -156,12 +156,8 @@ class GRPOModule(CaptionPolicyModule):
                     records: list[dict]) -> None:
         lengths = rollout.completion_mask.sum(dim=1).float()
         grouped = rewards.scores.view(-1, self.hparams.num_generations)
-        # the loss is a mean over sequences (grpo, dr_grpo) or tokens (dapo), KL and clipping over tokens: weighted
-        # so, the ranks' values merge to the joined batch's
-        valid = (~rewards.excluded).to(rollout.completion_mask)  # the samples the loss counted
-        tokens = float((rollout.completion_mask * valid.unsqueeze(1)).sum())
-        loss_weight = tokens if self.hparams.loss_type == "dapo" else float(len(texts))
-        weights = {"loss": loss_weight, "kl": tokens, "clip_fraction": tokens}
+        # loss, KL and clip fraction are already each rank's share of the joined batch's value (normalised by the
+        # global counts / world size, see policy_update): the plain mean over ranks is the joined batch's value
         tallies = {
             "train/reward": mean_of(rewards.scores[~rewards.excluded]),  # the rewards the update used
             "train/reward_std": mean_of(grouped.std(dim=1)),
@@ -172,11 +168,11 @@ class GRPOModule(CaptionPolicyModule):
             "train/reward_failures": Tally(float(len(rewards.failures)), reduce="sum"),
             "train/judge_failures": Tally(float(rewards.failed.sum()), reduce="sum"),
             "train/lr": Tally(self.lr_schedulers().get_last_lr()[0]),
-            **{f"train/{k}": Tally(float(v) * weights.get(k, 1.0), weights.get(k, 1.0)) for k, v in stats.items()},
+            **{f"train/{k}": Tally(float(v)) for k, v in stats.items()},
             # failed judgments are NaN: unknown, left out of the mean (NaN when the whole batch failed)
             **{f"train/reward/{k}": mean_of(v[~v.isnan()]) for k, v in rewards.components.items()},
             **{f"rollout/{k}": Tally(float(v), reduce=ROLLOUT_REDUCE.get(k, "mean"))
-               for k, v in self.rollout_engine.last_stats.items()},
+               for k, v in getattr(self.rollout_engine, "last_stats", {}).items()},  # a user engine may keep none
             **self.skipped_tally(),
         }
         self.log_global(tallies)
