@@ -6,6 +6,7 @@ step 3 (step 2 checkpointed and validated) it kills, interrupts or terminates th
 Resuming with ``--ckpt_path last`` must continue in the same run folder and end with the weights, metrics.csv rows
 and validations of the run that was never stopped, bit for bit.
 """
+import csv
 import json
 import os
 import signal
@@ -79,12 +80,23 @@ def run_until_stopped(tmp_path, shapes, signum):
     return proc, stderr, exited - judge.signalled_at
 
 
+WALL_CLOCK = {"rollout/seconds", "rollout/tokens_per_s"}  # timings: no two runs share them
+
+
+def deterministic_columns(path: Path) -> list[dict]:
+    """metrics.csv's rows (every column as written) without the wall-clock timings."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and WALL_CLOCK <= set(rows[0])  # the timings are there, and only they are left out
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+
+
 def outcome(run_dir: Path) -> dict:
     """What must not depend on how the run was stopped: final weights, metrics rows, validations."""
     state = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
     runs = json.loads((run_dir / "validation.json").read_text())["runs"]
     return {"step": state["global_step"], "weights": state["state_dict"],
-            "metrics": (run_dir / "metrics.csv").read_text(),
+            "metrics": deterministic_columns(run_dir / "metrics.csv"),
             "validations": [(r["label"], r["metrics"]) for r in runs]}
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 
-from vcap.signals import Interrupted, requested
+from vcap.signals import Interrupted, polled, requested
 from vcap.judges.base import register_judge
 from vcap.judges.llm import LLMJudge
 
@@ -153,4 +153,5 @@ class OpenAIJudge(LLMJudge):
                 for task in tasks:
                     task.cancel()
                 await client.close()
-        asyncio.run(main())
+        with polled():  # the loop below stops on a signal itself; the handler raising inside the loop would not
+            asyncio.run(main())
