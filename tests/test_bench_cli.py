@@ -77,13 +77,14 @@ def test_validate_bench_end_to_end_and_resume(tmp_path, shapes_manifest, bench):
         calls = len(server.requests)
         results = json.loads((out / "results.json").read_text())
         generations = (out / "generations.jsonl").read_text()
-        second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert second.returncode == 0, second.stderr[-3000:]
-        assert len(server.requests) == calls > 0  # every judge call answered from the cache
-    assert (out / "generations.jsonl").read_text() == generations  # nothing generated twice
-    again = json.loads((out / "results.json").read_text())
-    for key in ("events", "objects", "vdcscore"):
-        assert again.get(key) == results.get(key)
+        if bench == "vdc":  # the run again (one benchmark is enough: the cache and resume code is shared)
+            second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            assert second.returncode == 0, second.stderr[-3000:]
+            assert len(server.requests) == calls > 0  # every judge call answered from the cache
+            assert (out / "generations.jsonl").read_text() == generations  # nothing generated twice
+            again = json.loads((out / "results.json").read_text())
+            for key in ("events", "objects", "vdcscore"):
+                assert again.get(key) == results.get(key)
     assert results["judge"] == {"backend": "openai", "model": "judge", "base_url": server.url,
                                 "response_format": "json_schema"}
     assert results["protocol"] == "official" and "protocol: official" in first.stdout

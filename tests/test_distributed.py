@@ -143,7 +143,7 @@ def test_ddp_fit_resume_and_validate_match_single_process(tmp_path, shapes_manif
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weights", ["full", "lora", "qlora"])
+@pytest.mark.parametrize("weights", ["full", "qlora"])  # QLoRA: adapters on a quantized base (LoRA's path too)
 def test_ddp_rank_with_only_bad_videos_still_joins_the_step(tmp_path, shapes_manifest, weights):
     records = [json.loads(line) for line in shapes_manifest.read_text().splitlines()]
     for r in records:  # the copy lives elsewhere: keep the videos reachable
