@@ -23,9 +23,9 @@ import lightning as L
 import numpy as np
 import torch
 
+from tests.video_batches import left_padded, processed_prompt
 from vcap.grpo.module import GRPOModule
 from vcap.grpo.rollout import Rollout
-from vcap.prompts import build_messages
 from vcap.rewards import Reward, RewardOutput
 
 MODEL = "vcap-tiny-sft"
@@ -41,21 +41,11 @@ REWARDS = [[1.0, 0.0, 0.5], [0.2, 0.9, None], [0.0, 1.0, 1.0], [0.7, 0.1, 0.3]]
 
 def prompt_batch(processor, indices: list[int]) -> dict[str, torch.Tensor]:
     """The prompts ``indices``, left-padded into one batch; each video depends only on its index."""
-    items = []
-    for i in indices:
-        prompt, frames, side = PROMPTS[i]
-        text = processor.apply_chat_template(build_messages(prompt), tokenize=False, add_generation_prompt=True)
-        video = np.random.default_rng(100 + i).integers(0, 255, (frames, side, side, 3), dtype=np.uint8)
-        size = {"shortest_edge": side * side, "longest_edge": side * side}
-        items.append(processor(text=[text], videos=[video], return_tensors="pt",
-                               videos_kwargs={"do_sample_frames": False, "size": size}))
-    length = max(x["input_ids"].shape[1] for x in items)
-    pad = {"input_ids": processor.tokenizer.pad_token_id, "attention_mask": 0, "mm_token_type_ids": 0}
-    batch = {k: torch.stack([torch.nn.functional.pad(x[k][0], (length - x[k].shape[1], 0), value=v) for x in items])
-             for k, v in pad.items()}
-    batch["pixel_values_videos"] = torch.cat([x["pixel_values_videos"] for x in items])
-    batch["video_grid_thw"] = torch.cat([x["video_grid_thw"] for x in items])
-    return batch
+    return left_padded(processor, [
+        processed_prompt(processor, PROMPTS[i][0],
+                         np.random.default_rng(100 + i).integers(0, 255, (PROMPTS[i][1], PROMPTS[i][2],
+                                                                          PROMPTS[i][2], 3), dtype=np.uint8))
+        for i in indices])
 
 
 def completions(indices: list[int], eos: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
