@@ -24,7 +24,7 @@ grpo_losses      vcap/grpo/losses.py     tests/test_losses.py tests/test_loss_re
 grpo_logprobs    vcap/grpo/logprobs.py   tests/test_shared_prefix.py~ tests/test_logprob_reference.py
 grpo_prefix      vcap/grpo/prefix.py     tests/test_shared_prefix.py~ tests/test_logprob_reference.py
 grpo_rollout     vcap/grpo/rollout.py    tests/test_rollout_inputs.py tests/test_shared_prefix.py~ tests/test_logprob_reference.py
-grpo_vision      vcap/grpo/vision.py     tests/test_shared_prefix.py~ tests/test_logprob_reference.py
+grpo_vision      vcap/grpo/vision.py     tests/test_shared_prefix.py~ tests/test_logprob_reference.py tests/test_vision_features.py
 grpo_stats       vcap/grpo/stats.py      tests/test_rollout_stats.py
 grpo_module      vcap/grpo/module.py     tests/test_grpo_module.py~ tests/test_grpo_step_reference.py
 distributed      vcap/distributed.py     tests/test_distributed.py~ tests/test_distributed_reference.py
