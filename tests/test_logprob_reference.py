@@ -175,3 +175,14 @@ def test_selected_logprobs_default_temperature_and_chunk_size(monkeypatch):
         sizes.clear()
         got = logprobs_module.selected_logprobs(logits, positions, targets, chunk_elements=chunk_elements)
         assert torch.allclose(got, dense, atol=1e-6) and sizes == expected, chunk_elements
+
+
+def test_group_slots_by_hand():
+    """Sequences 4..9 of groups of 3 (a micro-batch starting inside prompt 1's group): prompts 1, 1, 2, 2, 2, 3 in
+    packed rows 0, 0, 1, 1, 1, 2, each sequence in its own slot counted from its row's first sequence."""
+    from vcap.grpo.prefix import group_slots
+
+    prompt, row, slot = group_slots(4, 10, 3)
+    assert prompt.tolist() == [1, 1, 2, 2, 2, 3]
+    assert row.tolist() == [0, 0, 1, 1, 1, 2]
+    assert slot.tolist() == [0, 1, 0, 1, 2, 0]
