@@ -186,3 +186,17 @@ def test_group_slots_by_hand():
     assert prompt.tolist() == [1, 1, 2, 2, 2, 3]
     assert row.tolist() == [0, 0, 1, 1, 1, 2]
     assert slot.tolist() == [0, 1, 0, 1, 2, 0]
+
+
+def test_shared_prefix_with_an_unsupported_attention_names_both_flags():
+    from vcap.grpo.prefix import check_shared_prefix_support
+    from vcap.grpo.vision import core_model
+
+    model = load_policy("vcap-tiny-sft")
+    check_shared_prefix_support(model)  # sdpa: supported
+    core_model(model).language_model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError) as err:
+        check_shared_prefix_support(model)
+    assert str(err.value) == ("model.init_args.shared_prefix needs attn_implementation in ['sdpa', 'eager'], got "
+                              "'flash_attention_2'; pass --model.init_args.attn_implementation sdpa or "
+                              "--model.init_args.shared_prefix false")

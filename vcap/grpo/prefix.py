@@ -30,8 +30,9 @@ def attention_implementation(model) -> str:
 def check_shared_prefix_support(model) -> None:
     impl = attention_implementation(model)
     if impl not in SUPPORTED_ATTENTION:
-        raise ValueError(f"shared_prefix needs attn_implementation in {list(SUPPORTED_ATTENTION)}, got {impl!r}; "
-                         "set model.attn_implementation: sdpa or model.shared_prefix: false")
+        raise ValueError(f"model.init_args.shared_prefix needs attn_implementation in {list(SUPPORTED_ATTENTION)}, "
+                         f"got {impl!r}; pass --model.init_args.attn_implementation sdpa or "
+                         "--model.init_args.shared_prefix false")
 
 
 def group_slots(start: int, stop: int, num_generations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
