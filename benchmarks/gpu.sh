@@ -43,8 +43,9 @@ job() {  # job NAME MAX_SECONDS COMMAND...: the command's JSON lines wrapped wit
 selected() { (($# == 0)) || [[ " $* " == *" $name "* ]]; }
 run_jobs() {  # the jobs named on the command line (all when none), in this order
   local name
+  # (-o addopts=: in this process; the GPU machine's python may lack pytest-xdist, which setup.cfg's -n asks for)
   name=gpu-tests; selected "$@" && \
-    job $name 90 $python -m pytest -q -m gpu ../tests/test_graph_decode.py -p no:cacheprovider
+    job $name 90 $python -m pytest -q -m gpu ../tests/test_graph_decode.py -p no:cacheprovider -o addopts=
   # 2B rollout tokens/s at G = 8 and 64: hf, vcap's eager loop, vcap's CUDA-graph decode; greedy tokens vs hf;
   # a profile of graph decode steps (GPU busy fraction, top kernels, host syncs per step)
   name=rollout-2b; selected "$@" && \

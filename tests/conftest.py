@@ -44,6 +44,17 @@ def _seed():
     yield
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (setup.cfg): one worker a CPU, at most 4 (each holds torch and its models, and the DDP tests start
+    two more processes); VCAP_TEST_WORKERS overrides."""
+    wanted = os.environ.get("VCAP_TEST_WORKERS")
+    if wanted:
+        if not wanted.isdigit():
+            raise pytest.UsageError(f"VCAP_TEST_WORKERS must be a whole number of workers (0: no workers), got {wanted!r}")
+        return int(wanted)
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

