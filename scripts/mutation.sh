@@ -34,7 +34,7 @@ rewards_cnscore  vcap/rewards/cnscore.py tests/test_openai_judge.py tests/test_r
 rewards_format   vcap/rewards/format.py  tests/test_rewards.py tests/test_reward_values.py
 rewards_matching vcap/rewards/matching.py tests/test_matching.py tests/test_rewards.py tests/test_reward_values.py
 rewards_parsing  vcap/rewards/parsing.py tests/test_rewards.py tests/test_reward_values.py tests/test_parsing_values.py
-rewards_think    vcap/rewards/think.py   tests/test_rewards.py tests/test_matching.py tests/test_reward_values.py
+rewards_think    vcap/rewards/think.py   tests/test_rewards.py tests/test_matching.py tests/test_reward_values.py tests/test_think_scorer.py
 bench_scoring    vcap/bench/scoring.py   tests/test_bench_scoring.py tests/test_bench_scoring_values.py
 sft              vcap/sft.py             tests/test_sft.py~ tests/test_sft_loss.py
 "
