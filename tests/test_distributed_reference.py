@@ -199,3 +199,10 @@ def test_two_ranks_take_the_single_process_step(tmp_path):
                 assert torch.equal(got["before"][name], before)
                 assert_close(got["after"][name] - before, single["after"][name] - before,
                              f"run {k} rank {rank} weights {name}")
+        # the logged numbers are the joined batch's, though the ranks hold different token and sequence counts:
+        # loss, KL and clip fraction weighted again by each rank's tokens (21 and 23 in the first run) differ
+        logged = {key: v for key, v in single["metrics"].items() if key.startswith("train/")}
+        assert {"train/loss", "train/kl", "train/clip_fraction", "train/reward"} <= set(logged) or options["beta"] == 0
+        for rank, got in enumerate(ranks):
+            for key, want in logged.items():
+                assert got["metrics"][key] == pytest.approx(want, rel=1e-5, abs=1e-7), f"run {k} rank {rank} {key}"
