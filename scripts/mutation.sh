@@ -78,8 +78,9 @@ run_target() {
         echo "only_mutate = [\"$module\"]"
         printf 'pytest_add_cli_args_test_selection = [%s]\n' "$(printf '"%s", ' "${tests[@]}")"
         # tests marked slow run vcap in subprocesses (torchrun, the CLI), where mutmut can neither switch mutants
-        # on nor see what they cover; -n 0: in mutmut's process, not setup.cfg's parallel workers
-        echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not slow", "-n", "0"]'
+        # on nor see what they cover; tests marked traces run torch.compile / dynamo, which cannot trace mutmut's
+        # trampolines; -n 0: in mutmut's process, not setup.cfg's parallel workers
+        echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not slow and not traces", "-n", "0"]'
         echo 'process_isolation = "forkserver"'  # torch is not fork-safe after its thread pools started
         echo 'use_git_change_detection = false'
         # a forked test run loads its fixtures (models) again, which the timing run did once for all tests

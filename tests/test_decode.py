@@ -174,6 +174,7 @@ def test_repetition_penalty_equals_hf_generate(setup):
     assert torch.equal(ours.completion_ids, hf.completion_ids)
 
 
+@pytest.mark.traces
 def test_compiled_bucketed_decode_equals_the_plain_loop_and_compiles_once_per_bucket(setup):
     """The compiled path (the whole decode step through torch.compile with fullgraph=True, cache length and prompt
     count padded to buckets) on CPU with a tracing-only backend: the same tokens as the plain loop, and a second

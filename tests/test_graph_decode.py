@@ -127,6 +127,7 @@ def test_every_tensor_a_step_writes_is_a_persistent_buffer_of_the_runner(setup, 
     assert [t.data_ptr() for t in buffers] == before
 
 
+@pytest.mark.traces
 def test_the_whole_step_compiles_without_a_graph_break(setup):
     model, processor, prompts = setup
     runner, bucket, _ = one_step(model, prompts, SETTINGS[1], [processor.tokenizer.eos_token_id])

@@ -109,7 +109,9 @@ def processed_scores(logits: torch.Tensor, state: DecodeState, sampling: Samplin
     if sampling.top_p < 1.0:
         sorted_scores, order = scores.sort(dim=-1, descending=True)
         probs = sorted_scores.softmax(dim=-1)
-        outside = (probs.cumsum(dim=-1) - probs) > sampling.top_p  # the mass before this token already reaches top_p
+        # the mass before this token already reaches top_p (>=, as HF's TopPLogitsWarper: at an exact tie the
+        # token is not needed to reach it)
+        outside = (probs.cumsum(dim=-1) - probs) >= sampling.top_p
         outside[:, 0].fill_(False)  # the most likely token always stays (fill_: no tensor from Python data)
         scores = scores.scatter(1, order, sorted_scores.masked_fill(outside, float("-inf")))
     return scores
