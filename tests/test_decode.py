@@ -235,3 +235,23 @@ def test_greedy_under_bf16_autocast_equals_hf_generate(setup):
         ours = sample_completions(model, prompts, 1, 24, [tok.eos_token_id], tok.pad_token_id, do_sample=False,
                                   engine="vcap")
     assert torch.equal(ours.completion_ids, hf.completion_ids)
+
+
+def test_runner_checks_its_options_and_stops_at_the_first_check_after_every_row_ended(setup):
+    from vcap.grpo.graphs import DecodeRunner
+
+    model, tok, prompts = setup
+    runner = DecodeRunner(cuda_graph=False)
+    args = (model, prompts, 2, 120, [tok.eos_token_id], Sampling(do_sample=False, pad_token_id=tok.pad_token_id))
+    every = runner.generate(*args, stop_check_interval=1)
+    ended = every.shape[1]  # the step of the last row's EOS: checking every step stops right there
+    assert ended < 120 and runner.last_stats == {"cuda_graph": 0.0, "decode_steps": float(ended)}
+    fourth = runner.generate(*args, stop_check_interval=4)
+    assert torch.equal(fourth, every)  # the same tokens, trimmed to the last EOS
+    assert runner.last_stats["decode_steps"] == min(120, -(-ended // 4) * 4)  # the first check at or after it
+    one = runner.generate(*args[:3], 1, *args[4:])
+    assert torch.equal(one, every[:, :1])
+    with pytest.raises(ValueError, match=r"^max_new_tokens must be >= 1, got 0$"):
+        runner.generate(*args[:3], 0, *args[4:])
+    with pytest.raises(ValueError, match=r"^stop_check_interval must be >= 1, got 0$"):
+        runner.generate(*args, stop_check_interval=0)
