@@ -92,3 +92,34 @@ def test_output_length_stops_at_the_last_eos_when_every_row_ended_between_stop_c
     record(unfinished, torch.tensor([5, 1]), sampling)
     assert output_length(unfinished) == 1  # a row still open: every step taken
     assert output_length(state_for(sampling)) == 0
+
+
+def attention_by_hand(q, k, v, visible, scale):
+    """Per query head h, key/value head h // (heads / kv_heads): softmax(q k^T * scale, masked) v, in float64."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    k, v = (t.double().repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
+    scores = (q.double() @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~visible, -math.inf)
+    return (scores.softmax(dim=-1) @ v).transpose(1, 2)  # (rows, q_len, heads, d)
+
+
+def test_grouped_query_attention_by_hand():
+    from vcap.grpo.decode_attention import grouped_query_attention
+
+    gen = torch.Generator().manual_seed(0)
+    rows, heads, kv_heads, dim, length = 2, 4, 2, 8, 5
+    q = torch.randn(rows, heads, 1, dim, generator=gen)
+    k, v = (torch.randn(rows, kv_heads, length, dim, generator=gen) for _ in range(2))
+    visible = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]], dtype=torch.bool).view(rows, 1, 1, length)
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = False, heads // kv_heads
+    for scaling, scale in ((None, dim ** -0.5), (0.3, 0.3)):
+        want = attention_by_hand(q, k, v, visible, scale)
+        for mask in (visible, torch.zeros(visible.shape).masked_fill(~visible, -math.inf)):  # bool and additive
+            got, _ = grouped_query_attention(module, q, k, v, mask, scaling=scaling)
+            assert got.shape == (rows, 1, heads, dim)
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    # two query tokens (not a decode step) go to sdpa, with the same result
+    q2 = torch.randn(rows, heads, 2, dim, generator=gen)
+    got, _ = grouped_query_attention(module, q2, k, v, visible, scaling=0.3)
+    torch.testing.assert_close(got.double(), attention_by_hand(q2, k, v, visible, 0.3), rtol=1e-5, atol=1e-6)
