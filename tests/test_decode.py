@@ -255,3 +255,26 @@ def test_runner_checks_its_options_and_stops_at_the_first_check_after_every_row_
         runner.generate(*args[:3], 0, *args[4:])
     with pytest.raises(ValueError, match=r"^stop_check_interval must be >= 1, got 0$"):
         runner.generate(*args, stop_check_interval=0)
+
+
+def test_runner_reuses_its_buckets_drops_the_least_recent_and_captures_nothing_on_cpu(setup, caplog):
+    from vcap.grpo.graphs import DecodeRunner
+
+    model, tok, prompts = setup
+    runner = DecodeRunner(cuda_graph=True, max_buckets=2)  # asks for graphs, but the model is on the CPU
+    sampling = Sampling(do_sample=False, pad_token_id=tok.pad_token_id)
+    prompt_len = prompts["input_ids"].shape[1]
+
+    def run(new_tokens):
+        runner.generate(model, prompts, 2, new_tokens, [tok.eos_token_id], sampling)
+        return [key[2] - prompt_len for key in runner.buckets]  # each bucket's cache length, less the prompt
+
+    assert run(8) == [8]
+    first = runner.buckets[next(iter(runner.buckets))]
+    assert run(8) == [8] and runner.buckets[next(iter(runner.buckets))] is first  # the same buffers again
+    assert run(16) == [8, 16]
+    assert run(8) == [16, 8]  # used last
+    assert run(24) == [8, 24]  # 16, the least recently used, is dropped
+    assert runner.buckets[next(iter(runner.buckets))] is first
+    assert all(b.graph is None and b.failure is None for b in runner.buckets.values())  # no capture was tried
+    assert runner.last_stats["cuda_graph"] == 0.0 and "capture" not in caplog.text
