@@ -278,3 +278,40 @@ def test_runner_reuses_its_buckets_drops_the_least_recent_and_captures_nothing_o
     assert runner.buckets[next(iter(runner.buckets))] is first
     assert all(b.graph is None and b.failure is None for b in runner.buckets.values())  # no capture was tried
     assert runner.last_stats["cuda_graph"] == 0.0 and "capture" not in caplog.text
+
+
+def test_decode_attention_is_swapped_in_for_sdpa_and_eager_only_and_always_restored(setup):
+    from vcap.grpo.decode_attention import NAME, decode_attention
+    from vcap.grpo.vision import core_model
+
+    model = setup[0]
+    config = core_model(model).language_model.config
+    before = config._attn_implementation
+    assert before in ("sdpa", "eager")
+    with decode_attention(model):
+        assert config._attn_implementation == NAME
+    assert config._attn_implementation == before
+    with pytest.raises(RuntimeError, match="boom"), decode_attention(model):
+        raise RuntimeError("boom")
+    assert config._attn_implementation == before
+    config._attn_implementation = "flash_attention_2"  # a kernel with its own numerics: left alone
+    try:
+        with decode_attention(model):
+            assert config._attn_implementation == "flash_attention_2"
+    finally:
+        config._attn_implementation = before
+
+
+def test_a_copied_runner_keeps_its_settings_and_starts_without_buffers(setup):
+    import pickle
+
+    from vcap.grpo.graphs import DecodeRunner
+
+    model, tok, prompts = setup
+    runner = DecodeRunner(cuda_graph=True, max_buckets=3)
+    runner.generate(model, prompts, 2, 4, [tok.eos_token_id], Sampling(do_sample=False, pad_token_id=tok.pad_token_id))
+    assert runner.buckets and runner.last_stats
+    copy = pickle.loads(pickle.dumps(runner))
+    assert (copy.cuda_graph, copy.max_buckets, copy.step) == (True, 3, runner.step)
+    assert (len(copy.buckets), copy.pool, copy.last_stats) == (0, None, {})
+    assert len(runner.buckets) == 1  # the original keeps its buffers
