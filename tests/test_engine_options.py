@@ -1,0 +1,96 @@
+"""The rollout engines' own settings: VcapEngine's option checks, defaults, graph and runner choices, and what
+HFEngine hands to HF ``generate`` (recorded around the real call on the tiny model), with its rollout stats.
+"""
+import pickle
+
+import pytest
+import torch
+
+from tests.video_batches import prompt_batch
+from vcap.grpo.decode import decode_step
+from vcap.grpo.engines import HFEngine, VcapEngine
+from vcap.grpo.rollout import vision_token_ids
+from vcap.grpo.vision import encode_videos
+from vcap.model.loading import load_policy, load_processor
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(length_bucket=0), "length_bucket must be >= 1"),
+    (dict(stop_check_interval=0), r"stop_check_interval must be >= 1 \(or null: 8 on CUDA, 1 elsewhere\)"),
+    (dict(compile=True, compile_mode="reduce-overhead"),
+     r"compile_mode 'reduce-overhead' makes CUDA graphs of its own; vcap captures the decode step itself "
+     r"\(cuda_graph\): leave compile_mode null, or set cuda_graph: false"),
+    (dict(batch_buckets=[]), "batch_buckets must be a list of prompt counts >= 1"),
+    (dict(batch_buckets=[4, 0]), "batch_buckets must be a list of prompt counts >= 1"),
+])
+def test_vcap_engine_options_are_checked_with_one_line_each(options, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        VcapEngine(**options)
+
+
+def test_vcap_engine_defaults_bounds_and_copies():
+    engine = VcapEngine()
+    assert engine.batch_buckets == [1, 2, 4, 8, 16, 32, 64] and engine.length_bucket == 256
+    assert engine.compile_backend == "inductor" and engine.cuda_graph is None and engine.merge_lora is None
+    edge = VcapEngine(length_bucket=1, stop_check_interval=1, batch_buckets=[8, 1, 2], merge_lora=False,
+                      compile_mode="max-autotune", cuda_graph=False)
+    assert (edge.length_bucket, edge.stop_check_interval, edge.batch_buckets) == (1, 1, [1, 2, 8])
+    assert (edge.merge_lora, edge.compile_mode, edge.cuda_graph) == (False, "max-autotune", False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert [VcapEngine(cuda_graph=g).graphs_on(cuda) for g in (None, True, False)] == [True, True, False]
+    assert [VcapEngine(cuda_graph=g).graphs_on(cpu) for g in (None, True, False)] == [False, False, False]
+    plain = engine.runner(cpu)
+    assert (plain.cuda_graph, plain.step, plain.max_buckets) == (False, decode_step, 1) and engine.runner(cpu) is plain
+    compiled = VcapEngine(compile=True, compile_backend="eager").runner(cpu)
+    assert compiled.step is not decode_step and compiled.max_buckets == 4  # a few shape buckets, each compiled
+    engine._weights = object()
+    copy = pickle.loads(pickle.dumps(engine))
+    assert (copy._runner, copy._weights, copy.batch_buckets) == (None, None, engine.batch_buckets)
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    processor = load_processor("vcap-tiny-sft")
+    model = load_policy("vcap-tiny-sft").eval()
+    calls = []
+    real = model.generate
+
+    def generate(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    model.generate = generate  # records what the engine asks for, then runs HF's generate
+    return model, processor.tokenizer, prompt_batch(processor), calls
+
+
+def test_hf_engine_samples_with_the_rollout_settings_and_the_features(recorded):
+    model, tok, prompts, calls = recorded
+    engine = HFEngine(sampling={"top_k": 5, "repetition_penalty": 1.3})
+    features = encode_videos(model, prompts)
+    rollout = engine.generate(model, prompts, 2, 6, [tok.eos_token_id], tok.pad_token_id, temperature=0.7,
+                              top_p=0.9, video_features=features)
+    kwargs = calls[-1]
+    assert "pixel_values_videos" not in kwargs and set(kwargs["mm_encoder_outputs"]) == {"video"}
+    assert torch.equal(kwargs["input_ids"], prompts["input_ids"])
+    assert {k: kwargs[k] for k in ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
+                                   "max_new_tokens", "num_return_sequences", "eos_token_id", "pad_token_id",
+                                   "use_cache")} == dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=5,
+                                                         repetition_penalty=1.3, max_new_tokens=6,
+                                                         num_return_sequences=2, eos_token_id=[tok.eos_token_id],
+                                                         pad_token_id=tok.pad_token_id, use_cache=True)
+    assert kwargs["suppress_tokens"] == vision_token_ids(model) and kwargs["suppress_tokens"]
+    assert rollout.completion_ids.shape[0] == 2 * prompts["input_ids"].shape[0]
+    assert rollout.video_features is features
+    tokens, stats = int(rollout.completion_mask.sum()), engine.last_stats
+    assert set(stats) == {"seconds", "tokens_per_s"} and stats["seconds"] > 0
+    assert stats["tokens_per_s"] == pytest.approx(tokens / stats["seconds"])
+
+
+def test_hf_engine_greedy_and_default_top_k(recorded):
+    model, tok, prompts, calls = recorded
+    HFEngine().generate(model, prompts, 1, 4, [tok.eos_token_id], tok.pad_token_id, do_sample=False)
+    kwargs = calls[-1]
+    assert kwargs["do_sample"] is False and "temperature" not in kwargs and "top_k" not in kwargs
+    assert "pixel_values_videos" in kwargs and "mm_encoder_outputs" not in kwargs  # no features: the pixels
+    HFEngine().generate(model, prompts, 1, 4, [tok.eos_token_id], tok.pad_token_id, temperature=1.3)
+    assert (calls[-1]["do_sample"], calls[-1]["temperature"], calls[-1]["top_k"]) == (True, 1.3, 0)  # no top-k cut
