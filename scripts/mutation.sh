@@ -30,8 +30,8 @@ grpo_stats       vcap/grpo/stats.py      tests/test_rollout_stats.py
 grpo_decode      vcap/grpo/decode.py     tests/test_decode.py tests/test_graph_decode.py tests/test_decode_processing.py
 grpo_graphs      vcap/grpo/graphs.py     tests/test_graph_decode.py tests/test_decode.py
 grpo_decode_attention vcap/grpo/decode_attention.py tests/test_graph_decode.py tests/test_decode.py tests/test_decode_processing.py
-grpo_lora_merge  vcap/grpo/lora_merge.py tests/test_graph_decode.py
-grpo_engines     vcap/grpo/engines.py    tests/test_engines.py tests/test_graph_decode.py tests/test_decode.py
+grpo_lora_merge  vcap/grpo/lora_merge.py tests/test_graph_decode.py tests/test_lora_merge.py
+grpo_engines     vcap/grpo/engines.py    tests/test_engines.py tests/test_graph_decode.py tests/test_decode.py tests/test_engine_options.py
 grpo_vllm_engine vcap/grpo/vllm_engine.py tests/test_engines.py
 grpo_module      vcap/grpo/module.py     tests/test_grpo_module.py~ tests/test_grpo_step_reference.py
 distributed      vcap/distributed.py     tests/test_distributed.py~ tests/test_distributed_reference.py
