@@ -94,3 +94,34 @@ def test_hf_engine_greedy_and_default_top_k(recorded):
     assert "pixel_values_videos" in kwargs and "mm_encoder_outputs" not in kwargs  # no features: the pixels
     HFEngine().generate(model, prompts, 1, 4, [tok.eos_token_id], tok.pad_token_id, temperature=1.3)
     assert (calls[-1]["do_sample"], calls[-1]["temperature"], calls[-1]["top_k"]) == (True, 1.3, 0)  # no top-k cut
+
+
+class GreedyOnly(VcapEngine):
+    """A user's engine: a subclass outside vcap, with a constructor of its own (no ``sampling``)."""
+
+    def __init__(self, budget: int = 3):
+        super().__init__()
+        self.budget = budget
+
+
+def test_user_engines_by_dotted_path_colon_path_and_bad_specs():
+    from vcap.grpo.engines import build_engine
+
+    by_dots = build_engine({"class_path": "tests.test_engine_options.GreedyOnly", "init_args": {"budget": 5}})
+    assert type(by_dots) is GreedyOnly and by_dots.budget == 5
+    by_colon = build_engine("tests.test_engine_options:GreedyOnly")  # no sampling given: none passed on
+    assert type(by_colon) is GreedyOnly and by_colon.budget == 3
+    assert build_engine("hf", sampling={"top_k": 2}).sampling == {"top_k": 2}
+    with pytest.raises(ValueError, match=r"^rollout must be an engine name \['hf', 'vcap', 'vllm'\] or a "
+                                         r"class_path/init_args mapping, not int$"):
+        build_engine(3)
+    with pytest.raises(ValueError, match=r"^unknown rollout engine ''; valid: \['hf', 'vcap', 'vllm'\]"):
+        build_engine({"init_args": {}})
+    with pytest.raises(ValueError, match=r"^rollout engine 'vcap' cannot honour sampling options \['top_k'\]; it "
+                                         r"supports \['min_new_tokens', 'repetition_penalty'\] \(engine 'hf' takes "
+                                         r"any generate option\)$"):
+        VcapEngine(sampling={"top_k": 2})
+    with pytest.raises(ValueError, match=r"^rollout engine 'hf': set \['temperature'\] through GRPOModule "
+                                         r"\(temperature, top_p, max_completion_length, num_generations\), not "
+                                         r"sampling$"):
+        HFEngine(sampling={"temperature": 0.5})
