@@ -82,7 +82,7 @@ def test_hf_engine_samples_with_the_rollout_settings_and_the_features(recorded):
     assert rollout.completion_ids.shape[0] == 2 * prompts["input_ids"].shape[0]
     assert rollout.video_features is features
     tokens, stats = int(rollout.completion_mask.sum()), engine.last_stats
-    assert set(stats) == {"seconds", "tokens_per_s"} and stats["seconds"] > 0
+    assert set(stats) == {"seconds", "tokens_per_s"} and 0 < stats["seconds"] < 600  # a duration, not a clock
     assert stats["tokens_per_s"] == pytest.approx(tokens / stats["seconds"])
 
 
