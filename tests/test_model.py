@@ -68,3 +68,17 @@ def test_missing_models_explain_what_to_do(tmp_path):
         load_policy("nobody/not-a-model-xyz")  # HF_HUB_OFFLINE=1 in tests: no network attempt
     with pytest.raises(ValueError, match="dtype"):
         load_policy("vcap-tiny", dtype="fp8")
+
+
+def test_an_incomplete_cached_model_folder_is_built_again(tmp_path, monkeypatch):
+    from vcap.model.tiny import ensure_tiny
+
+    monkeypatch.setenv("VCAP_CACHE", str(tmp_path))
+    models = tmp_path / "models"
+    (models / "vcap-tiny").mkdir(parents=True)
+    (models / "vcap-tiny" / "tokenizer.json").write_text("{}")  # a folder some interrupted write left behind
+    (models / "vcap-tiny.tmp").mkdir()
+    (models / "vcap-tiny.tmp" / "model.safetensors").write_text("half")  # a build that died
+    path = ensure_tiny()
+    assert (path / "config.json").exists() and (path / "model.safetensors").stat().st_size > 1000
+    assert not (models / "vcap-tiny.tmp").exists()

@@ -33,7 +33,12 @@ def vllm_python() -> Path:
                     f"skips this test): {(err.stdout + err.stderr)[-2000:]}", pytrace=False)
     except subprocess.TimeoutExpired:
         pytest.fail("building the vLLM venv took over 20 minutes", pytrace=False)
-    return VENV / "bin" / "python"
+    python = VENV / "bin" / "python"
+    # the probes' model, built once here: never by two probe processes (ranks) at the same time
+    subprocess.run([str(python), "-c", "from vcap.model.tiny import ensure_tiny; ensure_tiny('vcap-demo')"],
+                   env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}, check=True, cwd=ROOT,
+                   capture_output=True, timeout=300)
+    return python
 
 
 def run_check(python: Path, name: str, workdir: Path, probe: str = "vllm_probe.py") -> dict:

@@ -7,6 +7,7 @@ stock transformers Qwen2-VL stack, so code exercised on it runs unchanged on Qwe
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -93,6 +94,7 @@ def build_tiny(path: str | Path, seed: int = 0, name: str = TINY_NAME) -> Path:
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
     tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a build that died
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     os.replace(tmp, path)
@@ -107,5 +109,6 @@ def ensure_tiny(name: str = TINY_NAME) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not (path / "config.json").exists():
+            shutil.rmtree(path, ignore_errors=True)  # a folder without config.json is incomplete: built again
             build_tiny(path, name=name)
     return path

@@ -8,6 +8,7 @@ interleaved mrope) and chat template. Names: ``vcap-tiny-qwen2.5-vl`` and ``vcap
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -89,6 +90,7 @@ def build_tiny_family(name: str, path: str | Path, seed: int = 0) -> Path:
     processor, model = BUILDERS[TINY_FAMILY_NAMES[name]](tokenizer)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a build that died
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     os.replace(tmp, path)
@@ -101,5 +103,6 @@ def ensure_tiny_family(name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not (path / "config.json").exists():
+            shutil.rmtree(path, ignore_errors=True)  # a folder without config.json is incomplete: built again
             build_tiny_family(name, path)
     return path
