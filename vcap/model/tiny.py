@@ -93,6 +93,11 @@ def build_tiny(path: str | Path, seed: int = 0, name: str = TINY_NAME) -> Path:
     model = Qwen2VLForConditionalGeneration(build_config(tokenizer, **GEOMETRIES[name]))
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
+    return save_atomically(path, model, processor)
+
+
+def save_atomically(path: Path, model, processor) -> Path:
+    """Write model and processor to ``path`` through a sibling ``.tmp`` folder, so ``path`` is complete or absent."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # left by a build that died
     model.save_pretrained(tmp)
@@ -101,14 +106,18 @@ def build_tiny(path: str | Path, seed: int = 0, name: str = TINY_NAME) -> Path:
     return path
 
 
-def ensure_tiny(name: str = TINY_NAME) -> Path:
-    """Return the cached directory of the embedded random model ``name``, building it once (process-safe)."""
-    if name not in GEOMETRIES:
-        raise ValueError(f"unknown embedded random model {name!r}; valid: {sorted(GEOMETRIES)}")
-    path = cache_root() / "models" / name
+def ensure_built(path: Path, build) -> Path:
+    """``path``, after ``build(path)`` unless it already holds a model (process-safe)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not (path / "config.json").exists():
             shutil.rmtree(path, ignore_errors=True)  # a folder without config.json is incomplete: built again
-            build_tiny(path, name=name)
+            build(path)
     return path
+
+
+def ensure_tiny(name: str = TINY_NAME) -> Path:
+    """Return the cached directory of the embedded random model ``name``, building it once (process-safe)."""
+    if name not in GEOMETRIES:
+        raise ValueError(f"unknown embedded random model {name!r}; valid: {sorted(GEOMETRIES)}")
+    return ensure_built(cache_root() / "models" / name, lambda path: build_tiny(path, name=name))

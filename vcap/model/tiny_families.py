@@ -7,14 +7,11 @@ interleaved mrope) and chat template. Names: ``vcap-tiny-qwen2.5-vl`` and ``vcap
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
-from vcap.model.tiny import CHAT_TEMPLATE, TINY_PIXELS, build_tokenizer, cache_root
+from vcap.model.tiny import CHAT_TEMPLATE, TINY_PIXELS, build_tokenizer, cache_root, ensure_built, save_atomically
 
 # Our templates, written to the families' published conversation format: Qwen2-VL and Qwen2.5-VL add a
 # default system turn when there is none; Qwen3-VL does not.
@@ -89,20 +86,9 @@ def build_tiny_family(name: str, path: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     processor, model = BUILDERS[TINY_FAMILY_NAMES[name]](tokenizer)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a build that died
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    os.replace(tmp, path)
-    return path
+    return save_atomically(path, model, processor)
 
 
 def ensure_tiny_family(name: str) -> Path:
     """The cached tiny model of another family, built once (process-safe)."""
-    path = cache_root() / "models" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if not (path / "config.json").exists():
-            shutil.rmtree(path, ignore_errors=True)  # a folder without config.json is incomplete: built again
-            build_tiny_family(name, path)
-    return path
+    return ensure_built(cache_root() / "models" / name, lambda path: build_tiny_family(name, path))
