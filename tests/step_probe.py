@@ -82,6 +82,14 @@ class TableReward(Reward):
         return RewardOutput(torch.tensor(scores), excluded=torch.tensor(excluded))
 
 
+def rollout_stats(indices: list[int]) -> dict[str, float]:
+    """What the stand-in engine reports for these prompts: numbers that differ between ranks holding other prompts,
+    so that merging them by max, sum or mean gives three different results."""
+    tokens = sum(sum(LENGTHS[i]) for i in indices)
+    return {"seconds": tokens / 100, "tokens_per_s": float(tokens), "decode_steps": float(len(indices)),
+            "cuda_graph": float(indices[0] == 0)}
+
+
 class FixedRollout:
     """Stands in for the rollout engine: returns the fixed completions of the batch's prompts."""
 
@@ -89,6 +97,7 @@ class FixedRollout:
         self.indices: list[int] = []
         self.temperatures: list[float] = []
         self.calls: list[dict] = []  # what the module asked for, to check against its settings
+        self.last_stats: dict[str, float] = {}  # what an engine reports of its rollout, logged as rollout/<key>
 
     def generate(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id, temperature,
                  top_p, video_features=None, **context):
@@ -97,6 +106,7 @@ class FixedRollout:
                                max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
                                top_p=top_p, video_features=video_features, **context))
         ids, mask = completions(self.indices, eos_token_ids[0], pad_token_id)
+        self.last_stats = rollout_stats(self.indices)
         return Rollout(inputs, num_generations, ids, mask, video_features)
 
 
@@ -131,8 +141,9 @@ class StepProbeModule(GRPOModule):
                                gradient_clip_algorithm=gradient_clip_algorithm)
 
 
-def run_step(options: dict, indices: list[int], root: Path, devices: int = 1) -> dict:
-    """Fit one training step on prompts ``indices``; ``options`` are GRPOModule arguments. Returns the records."""
+def run_step(options: dict, indices: list[int], root: Path, devices: int = 1, skipped: list[dict] = ()) -> dict:
+    """Fit one training step on prompts ``indices`` (none: a batch whose videos were all ``skipped``);
+    ``options`` are GRPOModule arguments. Returns the records."""
     from peft import LoraConfig
 
     options = dict(options)
@@ -144,7 +155,8 @@ def run_step(options: dict, indices: list[int], root: Path, devices: int = 1) ->
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
     processor = module.processor
-    batch = {"inputs": prompt_batch(processor, indices), "records": records(indices), "skipped": []}
+    batch = {"inputs": prompt_batch(processor, indices) if indices else None, "records": records(indices),
+             "skipped": list(skipped)}
     loader = torch.utils.data.DataLoader([batch], batch_size=None, collate_fn=lambda b: b)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -152,20 +164,24 @@ def run_step(options: dict, indices: list[int], root: Path, devices: int = 1) ->
                         use_distributed_sampler=False, default_root_dir=root)
     trainer.fit(module, train_dataloaders=loader)
     after = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
-    call = module.rollout_engine.calls[0]
+    call = module.rollout_engine.calls[0] if indices else {}
     expected_call = dict(model=module.model, num_generations=G, max_new_tokens=8, eos_token_ids=module.eos_token_ids,
                          pad_token_id=processor.tokenizer.pad_token_id, top_p=module.hparams.top_p,
                          processor=module.processor, weights_version=0)
-    rollout_call_ok = {k: call[k] is v if k in ("model", "processor") else call[k] == v
-                       for k, v in expected_call.items()}
-    rollout_call_ok["inputs"] = all(torch.equal(call["inputs"][k], v) for k, v in batch["inputs"].items())
-    rollout_call_ok["video_features"] = call["video_features"] is not None  # the frozen tower encoded once
+    rollout_call_ok = {}
+    if call:
+        rollout_call_ok = {k: call[k] is v if k in ("model", "processor") else call[k] == v
+                           for k, v in expected_call.items()}
+        rollout_call_ok["inputs"] = all(torch.equal(call["inputs"][k], v) for k, v in batch["inputs"].items())
+        rollout_call_ok["video_features"] = call["video_features"] is not None  # the frozen tower encoded once
     reference = module.ref_model
     return {"rollout_call_ok": rollout_call_ok, "has_reference_copy": reference is not None,
             "reference_frozen": reference is None or not any(p.requires_grad for p in reference.parameters()),
             "before": before, "after": after, "local": module.local_grads, "clip_input": module.clip_input_grads,
             "applied": module.applied_grads, "temperatures": module.rollout_engine.temperatures,
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "progress_bar": {k: float(v) for k, v in trainer.progress_bar_metrics.items()},
+            "logged": {k: float(v) for k, v in trainer.logged_metrics.items()}}
 
 
 def main(config_path: str, out_dir: str) -> None:

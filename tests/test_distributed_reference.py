@@ -9,6 +9,7 @@ testing can see (it does not follow subprocesses).
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from tests.reference import assert_close, global_norm
-from tests.step_probe import run_step
+from tests.step_probe import rollout_stats, run_step
 from vcap import distributed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,3 +207,11 @@ def test_two_ranks_take_the_single_process_step(tmp_path):
         for rank, got in enumerate(ranks):
             for key, want in logged.items():
                 assert got["metrics"][key] == pytest.approx(want, rel=1e-5, abs=1e-7), f"run {k} rank {rank} {key}"
+        # the engines' rollout stats merge over ranks: the slowest rank's seconds and steps, the summed throughput
+        stats = [rollout_stats(prompts) for prompts in run["rank_prompts"]]
+        merged = {"rollout/seconds": max(s["seconds"] for s in stats),
+                  "rollout/tokens_per_s": sum(s["tokens_per_s"] for s in stats),
+                  "rollout/decode_steps": max(s["decode_steps"] for s in stats),
+                  "rollout/cuda_graph": statistics.fmean(s["cuda_graph"] for s in stats)}
+        for rank, got in enumerate(ranks):
+            assert {key: got["metrics"][key] for key in merged} == pytest.approx(merged), f"run {k} rank {rank}"

@@ -1,7 +1,9 @@
 """The rollout engines' own settings: VcapEngine's option checks, defaults, graph and runner choices, and what
 HFEngine hands to HF ``generate`` (recorded around the real call on the tiny model), with its rollout stats.
 """
+import inspect
 import pickle
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -43,6 +45,7 @@ def test_vcap_engine_defaults_bounds_and_copies():
     assert (plain.cuda_graph, plain.step, plain.max_buckets) == (False, decode_step, 1) and engine.runner(cpu) is plain
     compiled = VcapEngine(compile=True, compile_backend="eager").runner(cpu)
     assert compiled.step is not decode_step and compiled.max_buckets == 4  # a few shape buckets, each compiled
+    assert repr(VcapEngine(sampling={"min_new_tokens": 3})) == "VcapEngine(sampling={'min_new_tokens': 3})"
     engine._weights = object()
     copy = pickle.loads(pickle.dumps(engine))
     assert (copy._runner, copy._weights, copy.batch_buckets) == (None, None, engine.batch_buckets)
@@ -111,6 +114,7 @@ def test_user_engines_by_dotted_path_colon_path_and_bad_specs():
     assert type(by_dots) is GreedyOnly and by_dots.budget == 5
     by_colon = build_engine("tests.test_engine_options:GreedyOnly")  # no sampling given: none passed on
     assert type(by_colon) is GreedyOnly and by_colon.budget == 3
+    assert type(build_engine({"class_path": "tests.test_engine_options:GreedyOnly"})) is GreedyOnly
     assert build_engine("hf", sampling={"top_k": 2}).sampling == {"top_k": 2}
     with pytest.raises(ValueError, match=r"^rollout must be an engine name \['hf', 'vcap', 'vllm'\] or a "
                                          r"class_path/init_args mapping, not int$"):
@@ -125,3 +129,97 @@ def test_user_engines_by_dotted_path_colon_path_and_bad_specs():
                                          r"\(temperature, top_p, max_completion_length, num_generations\), not "
                                          r"sampling$"):
         HFEngine(sampling={"temperature": 0.5})
+
+
+@pytest.mark.parametrize("mode, backend, options", [
+    ("max-autotune", "inductor", {"mode": "max-autotune"}),
+    (None, "inductor", {}),
+    ("max-autotune", "aot_eager", {}),  # a mode is an inductor option: other backends do not get it
+])
+def test_compile_gets_the_whole_decode_step_with_static_shapes(monkeypatch, mode, backend, options):
+    calls = []
+
+    def recording_compile(fn, **kwargs):
+        calls.append((fn, kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    runner = VcapEngine(compile=True, compile_mode=mode, compile_backend=backend).runner(torch.device("cpu"))
+    assert calls == [(decode_step, dict(backend=backend, dynamic=False, fullgraph=True, **options))]
+    assert runner.max_buckets == 4 and not runner.cuda_graph
+
+
+@pytest.mark.parametrize("buckets, padded", [([2, 5, 9], 5), ([4], 4), ([2, 3, 9], 3), ([1], 3)])
+def test_the_bucketed_path_pads_prompts_and_cache_to_their_buckets_and_keeps_the_tokens(recorded, monkeypatch,
+                                                                                       buckets, padded):
+    """The compiled path's shape buckets, run eagerly (torch.compile replaced by the identity, since mutation runs
+    cannot trace): the prompt count padded to the smallest bucket that holds it (or kept when none does), the
+    cache length rounded up to length_bucket, and the real prompts' greedy tokens equal to the plain loop's."""
+    model, tok, prompts, _ = recorded
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    runs = record_runner_calls(monkeypatch)
+    engine = VcapEngine(compile=True, cuda_graph=False, length_bucket=16, batch_buckets=buckets)
+    batch, prompt_len = prompts["input_ids"].shape
+    assert batch == 3
+    generations, budget = 2, 7
+    args = (model, prompts, generations, budget, [tok.eos_token_id], tok.pad_token_id)
+    for features in (encode_videos(model, prompts), None):
+        plain = VcapEngine().generate(*args, do_sample=False, video_features=features)
+        fast = engine.generate(*args, do_sample=False, video_features=features)
+        assert fast.completion_ids.shape[0] == batch * generations
+        assert torch.equal(fast.completion_ids, plain.completion_ids)
+        assert torch.equal(fast.completion_mask, plain.completion_mask)
+        handed = runs[-1]
+        assert handed["inputs"]["input_ids"].shape[0] == padded
+        if features is not None:  # the features are padded with the prompts, not dropped (then encoded again)
+            assert len(handed["video_features"].pooler_output) == padded
+    cache_len = (prompt_len + budget + 15) // 16 * 16
+    assert cache_len % 16 == 0 and cache_len >= prompt_len + budget > cache_len - 16
+    assert [key[1:3] for key in engine._runner.buckets] == [(padded * generations, cache_len)]
+
+
+def record_runner_calls(monkeypatch) -> list[dict]:
+    """What VcapEngine hands its DecodeRunner, by argument name, each call (the real runner still runs)."""
+    from vcap.grpo.graphs import DecodeRunner
+
+    real, runs = DecodeRunner.generate, []
+
+    def generate(self, *args, **kwargs):
+        runs.append(inspect.signature(real).bind(self, *args, **kwargs).arguments)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DecodeRunner, "generate", generate)
+    return runs
+
+
+def test_vcap_engine_hands_the_runner_its_sampling_features_suppressed_ids_and_weights_version(recorded,
+                                                                                              monkeypatch):
+    from vcap.grpo.decode import Sampling
+    from vcap.grpo.lora_merge import RolloutWeights
+
+    model, tok, prompts, _ = recorded
+    runs, merges = record_runner_calls(monkeypatch), []
+
+    @contextmanager
+    def applied(self, model, version=None):
+        merges.append(version)
+        yield
+
+    monkeypatch.setattr(RolloutWeights, "applied", applied)
+    features = encode_videos(model, prompts)
+    engine = VcapEngine(sampling={"min_new_tokens": 2, "repetition_penalty": 1.2})
+    pad = 7  # not the tokenizer's 0, which is also Sampling's default
+    engine.generate(model, prompts, 2, 5, [tok.eos_token_id], pad, temperature=0.7, top_p=0.9,
+                    video_features=features, weights_version=7)
+    handed = runs[-1]
+    assert handed["sampling"] == Sampling(True, 0.7, 0.9, 2, 1.2, pad)
+    assert handed["video_features"] is features and handed["inputs"] is prompts
+    assert handed["suppress_tokens"] == vision_token_ids(model) and handed["suppress_tokens"]
+    assert handed["eos_token_ids"] == [tok.eos_token_id] and handed["num_generations"] == 2
+    assert (handed.get("cache_len"), handed["stop_check_interval"], handed.get("allow_graph", True)) == (None, 1, True)
+    assert merges == [7]  # merged LoRA copies are refreshed by the policy's weights version
+    VcapEngine(merge_lora=False, stop_check_interval=3).generate(model, prompts, 1, 3, [tok.eos_token_id],
+                                                                 tok.pad_token_id, do_sample=False)
+    assert merges == [7]  # merge_lora: false never merges
+    assert runs[-1]["stop_check_interval"] == 3 and runs[-1]["sampling"].do_sample is False
+    assert VcapEngine().runner(torch.device("cuda")).cuda_graph is True  # a runner object needs no GPU

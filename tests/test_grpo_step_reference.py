@@ -8,22 +8,28 @@ autograd on that, clipping by the global norm and ``w - lr * g``; for μ > 1 it 
 old log-probs frozen at the rollout's weights.
 """
 import json
+import logging
 import statistics
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from tests.reference import (assert_close, clip_by_global_norm, global_norm, reference_advantages, reference_logprobs,
                              reference_loss)
-from tests.step_probe import G, LENGTHS, MODEL, REWARDS, WIDTH, completions, prompt_batch, run_step
+from tests.step_probe import G, LENGTHS, MODEL, REWARDS, WIDTH, completions, prompt_batch, rollout_stats, run_step
+from vcap.grpo.module import GRPOModule
 from vcap.model.loading import load_policy, load_processor
+from vcap.rewards import RewardOutput
 
 PROMPTS = [0, 1, 2]
 
 CONFIGS = {
-    # μ = 2 with old log-probs, KL, clip-higher, micro-batches that split groups, clipped gradient
+    # μ = 2 with old log-probs, KL, clip-higher, micro-batches that split groups, clipped gradient; a wide lower
+    # clip (the first step leaves some disfavoured tokens' ratios between 0.15 and 0.8, which epsilon's default
+    # 0.2 would clip, and the logged clip fraction would show it)
     "grpo-kl-mu2": dict(loss_type="grpo", beta=0.1, temperature=0.7, num_iterations=2, micro_batch_size=4,
-                        max_grad_norm=0.5, epsilon=0.2, epsilon_high=0.28, learning_rate=2.0),
+                        max_grad_norm=0.5, epsilon=0.85, epsilon_high=0.28, learning_rate=2.0),
     "dapo-hot": dict(loss_type="dapo", beta=0.0, temperature=1.3, top_p=0.9, num_iterations=1, micro_batch_size=2,
                      max_grad_norm=0.0, learning_rate=1.0),
     "dr_grpo-unscaled-mu2": dict(loss_type="dr_grpo", beta=1.0, temperature=0.7, num_iterations=2,
@@ -124,12 +130,18 @@ def test_training_step_equals_the_reference(tmp_path, name):
         assert got["metrics"]["train/clip_fraction"] > 0
 
 
-def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path):
+def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path, monkeypatch):
     """What the step logs, from the fixed table: rewards, lengths, truncation, and the loss, KL and clip fraction
-    of both optimizer steps (averaged), as the reference computes them."""
+    of both optimizer steps (averaged), as the reference computes them; how each merges over ranks; the reward on
+    the progress bar only; and the samples file."""
+    import vcap.grpo.module
+
     options = CONFIGS["grpo-kl-mu2"]
+    exchanged, real_all_ranks = [], vcap.grpo.module.all_ranks
+    monkeypatch.setattr(vcap.grpo.module, "all_ranks", lambda tallies: exchanged.append(tallies) or real_all_ranks(tallies))
     torch.manual_seed(0)
-    got = run_step(dict(options, log_completions_every=1), PROMPTS, tmp_path)
+    # every 3rd rollout: the first is written (the step counter is 2 after its two optimizer steps)
+    got = run_step(dict(options, log_completions_every=3), PROMPTS, tmp_path)
     want = reference_step(options, PROMPTS, got["before"])
     metrics = got["metrics"]
     flat = [r or 0.0 for i in PROMPTS for r in REWARDS[i]]  # an excluded sample scores 0 in its group
@@ -143,7 +155,10 @@ def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path):
         "train/completion_length": statistics.fmean(lengths),
         "train/clipped_completions": sum(n == WIDTH for n in lengths) / len(lengths),  # no EOS: cut by the budget
         "train/reward_failures": 0.0,
+        "train/judge_failures": 0.0,
         "train/lr": options["learning_rate"],
+        **{f"rollout/{key}": value for key, value in rollout_stats(PROMPTS).items()},
+        "data/skipped_videos": 0.0,
         # the table marks its None excluded but not failed (unknown): its own column keeps the 0 it returned
         "train/reward/tests.step_probe:TableReward": statistics.fmean(flat),
         **{f"train/{key}": statistics.fmean(step[key] for step in want) for key in ("loss", "kl", "clip_fraction")},
@@ -151,8 +166,60 @@ def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path):
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert want[0]["clip_fraction"] == 0 < want[1]["clip_fraction"]  # on-policy at first, clipped after a step
+    assert set(metrics) == set(expected) | {"reward"}
+    assert got["progress_bar"] == {"reward": pytest.approx(expected["train/reward"])}  # the only number shown there
+    assert "reward" not in got["logged"] and set(got["logged"]) == set(expected)
+    merged_by = {key: tally.reduce for key, tally in exchanged[-1].items() if tally.reduce != "mean"}
+    assert merged_by == {"train/reward_failures": "sum", "train/judge_failures": "sum", "data/skipped_videos": "sum",
+                         "rollout/seconds": "max", "rollout/decode_steps": "max", "rollout/tokens_per_s": "sum"}
     # the first 4 samples of the rollout, written once per rollout (after both optimizer steps)
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [(s["step"], s["id"], s["reward"], s["failure"]) for s in samples] == [
         (2, "p0", 1.0, None), (2, "p0", 0.0, None), (2, "p0", 0.5, None), (2, "p1", pytest.approx(0.2), None)]
     assert all(isinstance(s["completion"], str) and s["completion"] for s in samples)
+
+
+def test_a_step_whose_whole_batch_was_skipped_logs_nothing_else_and_the_bad_epoch_says_why(tmp_path):
+    """The no-data branch of training_step (it still joins the ranks' metric exchange with the skip count); an
+    epoch without a single decodable video then stops with one line naming the cause."""
+    from vcap.policy import AllVideosBadError
+
+    skipped = [{"video": "p8.mp4", "error": "moov atom not found"}, {"video": "p9.mp4", "error": "no frames"}]
+    with pytest.raises(AllVideosBadError, match=r"^no training video could be decoded in epoch 0 \(2 skipped, e\.g\. "
+                                                r"no frames\); fix the videos or the manifest"):
+        run_step(CONFIGS["grpo-kl-mu2"], [], tmp_path, skipped=skipped)
+
+
+def test_samples_file_holds_the_first_samples_with_their_failures_and_logs_the_first(tmp_path, caplog):
+    """write_samples on a stand-in module (only the run folder and step): hand-written lines, appended per call."""
+    module = SimpleNamespace(samples_dir=tmp_path / "run" / "version_3", global_step=6)  # folders not made yet
+    rewards = RewardOutput(torch.tensor([0.75, 0.0, 0.5, 1.0, 0.25]), failures=[(1, "judge timed out"), (4, "empty")])
+    texts = ["a" * 300, "b", "c", "d", "e"]
+    records = [{"id": f"v{i}", "video": f"v{i}.mp4"} for i in range(5)]
+    with caplog.at_level(logging.INFO, logger="vcap.grpo.module"):
+        GRPOModule.write_samples(module, texts, records, rewards)
+    lines = [json.loads(line) for line in (module.samples_dir / "samples.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 6, "id": "v0", "reward": 0.75, "completion": "a" * 300, "failure": None},
+                     {"step": 6, "id": "v1", "reward": 0.0, "completion": "b", "failure": "judge timed out"},
+                     {"step": 6, "id": "v2", "reward": 0.5, "completion": "c", "failure": None},
+                     {"step": 6, "id": "v3", "reward": 1.0, "completion": "d", "failure": None}]  # k = 4
+    assert [r.getMessage() for r in caplog.records if r.name == "vcap.grpo.module"] == [
+        "step 6 sample (reward 0.75): " + "a" * 200]
+    module.global_step = 9
+    GRPOModule.write_samples(module, texts[3:], records[3:], RewardOutput(torch.tensor([0.5, 0.25])), k=1)
+    lines = (module.samples_dir / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and json.loads(lines[-1])["step"] == 9 and json.loads(lines[-1])["id"] == "v3"
+
+
+@pytest.mark.parametrize("every, mu, written", [
+    (1, 1, [1, 2, 3, 4, 5, 6, 7]),
+    (3, 1, [1, 4, 7]),
+    (3, 2, [1, 4, 7]),  # counted in rollouts, not optimizer steps
+    (2, 4, [1, 3, 5, 7]),
+    (0, 1, []),
+])
+def test_samples_are_written_for_the_first_rollout_then_every_nth(every, mu, written):
+    from vcap.grpo.module import samples_due
+
+    # asked after each rollout's mu optimizer steps: rollout r (from 1) is asked at global step r * mu
+    assert [r for r in range(1, 8) if samples_due(r * mu, mu, every)] == written

@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 ROLLOUT_REDUCE = {"seconds": "max", "decode_steps": "max", "tokens_per_s": "sum"}
 
 
+def samples_due(global_step: int, num_iterations: int, every: int) -> bool:
+    """Whether a rollout's samples are written: the 1st rollout, then every ``every``-th (0: never). It is asked
+    after the rollout's ``num_iterations`` optimizer steps, so ``global_step`` already counts them."""
+    return bool(every) and (global_step // num_iterations - 1) % every == 0
+
+
 class GRPOModule(CaptionPolicyModule):
     """GRPO over structured-thinking captions (names follow TRL where it has one).
 
@@ -176,8 +182,8 @@ class GRPOModule(CaptionPolicyModule):
             **self.skipped_tally(),
         }
         self.log_global(tallies)
-        every = self.hparams.log_completions_every
-        if every and self.trainer.is_global_zero and (self.global_step // self.hparams.num_iterations - 1) % every == 0:
+        if self.trainer.is_global_zero and samples_due(self.global_step, self.hparams.num_iterations,
+                                                       self.hparams.log_completions_every):
             self.write_samples(texts, records, rewards)
 
     def log_global(self, tallies: dict[str, Tally]) -> None:
