@@ -9,7 +9,8 @@
 #
 # Environment: PYTHON (default .venv/bin/python, mutmut is pip-installed into it when missing), MUTATION_DIR
 # (default .mutation/, one folder per target with mutmut's state, survivors.txt and summary.txt), MUTATION_JOBS
-# (parallel mutants, default: the number of CPUs), MUTATION_QUICK (non-empty: leave the end-to-end test files out).
+# (parallel mutants, default: the number of CPUs), MUTATION_QUICK (non-empty: leave the end-to-end test files out),
+# MUTATION_SAMPLE (N: a seeded random sample of N mutants of each target, for end-to-end tests too slow for all).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
@@ -32,7 +33,7 @@ grpo_graphs      vcap/grpo/graphs.py     tests/test_graph_decode.py tests/test_d
 grpo_decode_attention vcap/grpo/decode_attention.py tests/test_graph_decode.py tests/test_decode.py tests/test_decode_processing.py
 grpo_lora_merge  vcap/grpo/lora_merge.py tests/test_graph_decode.py tests/test_lora_merge.py
 grpo_engines     vcap/grpo/engines.py    tests/test_engines.py tests/test_graph_decode.py tests/test_decode.py tests/test_engine_options.py
-grpo_vllm_engine vcap/grpo/vllm_engine.py tests/test_engines.py
+grpo_vllm_engine vcap/grpo/vllm_engine.py tests/test_engines.py tests/test_vllm_adapter.py
 grpo_module      vcap/grpo/module.py     tests/test_grpo_module.py~ tests/test_grpo_step_reference.py
 distributed      vcap/distributed.py     tests/test_distributed.py~ tests/test_distributed_reference.py
 rewards_base     vcap/rewards/base.py    tests/test_rewards.py tests/test_reward_values.py
@@ -88,21 +89,31 @@ run_target() {
     } >> "$dir/pyproject.toml"
     echo "== $name: $module against ${tests[*]}"
     local start=$SECONDS
-    (cd "$dir" && HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 "$PYTHON" -m mutmut run --max-children "$JOBS" > run.log 2>&1) ||
+    local sample=()
+    if [[ -n "${MUTATION_SAMPLE:-}" ]]; then
+        # a seeded random sample of the mutants, for tests too slow to run for every one: a first mutmut run
+        # generates the mutants and records what the tests cover, then stops at a name that matches none
+        (cd "$dir" && HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 "$PYTHON" -m mutmut run "no-such-mutant" > generate.log 2>&1) || true
+        mapfile -t sample < <("$PYTHON" "$ROOT/scripts/mutation_prepare.py" --sample "$MUTATION_SAMPLE" "$dir/mutants/$module" "$module")
+        [[ ${#sample[@]} -gt 0 ]] || { echo "  no mutants found to sample, see $dir/generate.log"; return 1; }
+        echo "  a sample of ${#sample[@]} mutants (MUTATION_SAMPLE)"
+    fi
+    (cd "$dir" && HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 "$PYTHON" -m mutmut run --max-children "$JOBS" "${sample[@]}" > run.log 2>&1) ||
         { echo "  mutmut failed, see $dir/run.log"; tail -20 "$dir/run.log"; return 1; }
     (cd "$dir" && "$PYTHON" -m mutmut export-cicd-stats > /dev/null 2>&1 && "$PYTHON" -m mutmut results > survivors.txt 2>&1
         for m in $(sed -n 's/^ *\([^ :]*\): survived$/\1/p' survivors.txt); do "$PYTHON" -m mutmut show "$m"; done \
             > survivors.diff 2>&1)
-    "$PYTHON" - "$dir" "$name" "$module" "$((SECONDS - start))" <<'EOF' | tee "$dir/summary.txt"
+    "$PYTHON" - "$dir" "$name" "$module" "$((SECONDS - start))" "${#sample[@]}" <<'EOF' | tee "$dir/summary.txt"
 import json, sys
 from pathlib import Path
-d, name, module, seconds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+d, name, module, seconds, sampled = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 s = json.loads((Path(d) / "mutants" / "mutmut-cicd-stats.json").read_text())
 judged = s["killed"] + s["survived"] + s.get("timeout", 0) + s.get("suspicious", 0) + s.get("no_tests", 0)
 killed = s["killed"] + s.get("timeout", 0)
 score = 100.0 * killed / judged if judged else 100.0
 print(f"{name:17s} {module:26s} mutants {s['total']:4d}  killed {killed:4d} (timeouts {s.get('timeout', 0)})  "
-      f"survived {s['survived']:3d}  no tests {s.get('no_tests', 0):3d}  score {score:5.1f}%  ({seconds} s)")
+      f"survived {s['survived']:3d}  no tests {s.get('no_tests', 0):3d}  score {score:5.1f}%  ({seconds} s)"
+      + (f"  [a sample of {sampled}]" if sampled else ""))
 EOF
 }
 

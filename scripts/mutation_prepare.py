@@ -7,8 +7,12 @@
 2. A LightningModule's ``__init__`` is fenced off with ``# pragma: no mutate start/end``. ``save_hyperparameters``
    reads the constructor's arguments from the ``__init__`` frame, which mutmut's trampoline replaces: under mutmut
    the hyperparameters would come out empty and every test of the module fail before any mutant runs.
+
+``--sample N MUTATED_FILE MODULE`` prints the names of a seeded random sample of N mutants in mutmut's mutated copy
+of MODULE (for ``MUTATION_SAMPLE``), one a line, sorted.
 """
 import ast
+import random
 import re
 import sys
 from pathlib import Path
@@ -55,7 +59,20 @@ def fence_lightning_init(source: str) -> str:
     return "".join(out)
 
 
+def sample_mutants(mutated: str, module: str, count: int, seed: int = 0) -> list[str]:
+    """mutmut's names (``package.module.x_function__mutmut_N``, methods ``xǁClassǁmethod__mutmut_N``) of ``count``
+    mutants drawn without replacement, the same ones for the same file and seed."""
+    names = sorted(set(re.findall(r"def (x\S+?__mutmut_\d+)\(", mutated)))
+    random.Random(seed).shuffle(names)
+    prefix = module.removesuffix(".py").replace("/", ".")
+    return sorted(f"{prefix}.{name}" for name in names[:count])
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--sample":
+        count, mutated, module = int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+        print("\n".join(sample_mutants(mutated.read_text(encoding="utf-8"), module, count)))
+        sys.exit(0)
     for name in sys.argv[1:]:
         path = Path(name)
         source = path.read_text()

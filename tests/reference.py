@@ -121,8 +121,10 @@ def global_norm(grads: dict[str, torch.Tensor]) -> float:
     return float(np.sqrt(sum(float((g.double() ** 2).sum()) for g in grads.values())))
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "", rel: float = 1e-4) -> None:
-    """Max error within ``rel`` of the expected tensor's largest entry (fp32 sums in another order differ)."""
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "", rel: float = 1e-4,
+                 atol: float = 0.0) -> None:
+    """Max error within ``rel`` of the expected tensor's largest entry (fp32 sums in another order differ), plus
+    ``atol``."""
     scale = expected.abs().max().clamp(min=1e-12)
     err = (actual - expected).abs().max()
-    assert err <= rel * scale, f"{what}: max error {err:.3g} vs scale {scale:.3g}"
+    assert err <= rel * scale + atol, f"{what}: max error {err:.3g} vs scale {scale:.3g}"

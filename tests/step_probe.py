@@ -97,7 +97,7 @@ class FixedRollout:
         self.indices: list[int] = []
         self.temperatures: list[float] = []
         self.calls: list[dict] = []  # what the module asked for, to check against its settings
-        self.last_stats: dict[str, float] = {}  # what an engine reports of its rollout, logged as rollout/<key>
+        self.report_stats = True  # False: like a user's engine that keeps no last_stats
 
     def generate(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id, temperature,
                  top_p, video_features=None, **context):
@@ -106,7 +106,8 @@ class FixedRollout:
                                max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
                                top_p=top_p, video_features=video_features, **context))
         ids, mask = completions(self.indices, eos_token_ids[0], pad_token_id)
-        self.last_stats = rollout_stats(self.indices)
+        if self.report_stats:  # what an engine reports of its rollout, logged as rollout/<key>
+            self.last_stats = rollout_stats(self.indices)
         return Rollout(inputs, num_generations, ids, mask, video_features)
 
 
@@ -120,6 +121,7 @@ class StepProbeModule(GRPOModule):
     def configure_model(self) -> None:
         super().configure_model()
         self.rollout_engine = FixedRollout()
+        self.rollout_engine.report_stats = getattr(self, "engine_stats", True)
         self.local_grads, self.clip_input_grads, self.applied_grads = [], [], []
 
     def configure_optimizers(self):
@@ -150,8 +152,10 @@ def run_step(options: dict, indices: list[int], root: Path, devices: int = 1, sk
     if options.pop("lora", False):
         options["peft"] = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False)
     options.setdefault("log_completions_every", 0)
+    engine_stats = options.pop("engine_stats", True)
     module = StepProbeModule(name_or_path=MODEL, num_generations=G, max_completion_length=8,
                              rewards={"tests.step_probe:TableReward": 1.0}, **options)
+    module.engine_stats = engine_stats  # read by configure_model, which fit calls again
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
     processor = module.processor

@@ -198,8 +198,10 @@ def test_two_ranks_take_the_single_process_step(tmp_path):
         for rank, got in enumerate(ranks):
             for name, before in single["before"].items():
                 assert torch.equal(got["before"][name], before)
+                # a weight change read back from weights near 1 (norms) is exact only to their fp32 spacing
                 assert_close(got["after"][name] - before, single["after"][name] - before,
-                             f"run {k} rank {rank} weights {name}")
+                             f"run {k} rank {rank} weights {name}",
+                             atol=float(torch.finfo(before.dtype).eps * before.abs().max()))
         # the logged numbers are the joined batch's, though the ranks hold different token and sequence counts:
         # loss, KL and clip fraction weighted again by each rank's tokens (21 and 23 in the first run) differ
         logged = {key: v for key, v in single["metrics"].items() if key.startswith("train/")}

@@ -31,7 +31,7 @@ CONFIGS = {
     "grpo-kl-mu2": dict(loss_type="grpo", beta=0.1, temperature=0.7, num_iterations=2, micro_batch_size=4,
                         max_grad_norm=0.5, epsilon=0.85, epsilon_high=0.28, learning_rate=2.0),
     "dapo-hot": dict(loss_type="dapo", beta=0.0, temperature=1.3, top_p=0.9, num_iterations=1, micro_batch_size=2,
-                     max_grad_norm=0.0, learning_rate=1.0),
+                     max_grad_norm=0.0, learning_rate=1.0, engine_stats=False),  # an engine without last_stats
     "dr_grpo-unscaled-mu2": dict(loss_type="dr_grpo", beta=1.0, temperature=0.7, num_iterations=2,
                                  micro_batch_size=5, scale_rewards="none", max_grad_norm=0.05, epsilon=0.1,
                                  learning_rate=4.0),
@@ -128,6 +128,9 @@ def test_training_step_equals_the_reference(tmp_path, name):
     assert_same_tensors(deltas, want_deltas, "weight change")
     if mu > 1:  # the second step moved away from the rollout's weights far enough for the ratio clip to bind
         assert got["metrics"]["train/clip_fraction"] > 0
+    engine_stats = [key for key in got["metrics"] if key.startswith("rollout/")]
+    assert len(engine_stats) == (4 if options.get("engine_stats", True) else 0)
+    assert not (tmp_path / "samples.jsonl").exists()  # log_completions_every 0: none written
 
 
 def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path, monkeypatch):
