@@ -7,6 +7,8 @@ import hashlib
 import json
 import logging
 import os
+import pickle
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -222,23 +224,18 @@ def hand_seeds(seed: int, step: int, rank: int, count: int) -> list[int]:
             for i in range(count)]
 
 
-def test_a_fresh_engine_starts_its_llm_on_the_first_rollout_and_copies_start_empty(policy, fake_vllm):
-    import pickle
-
+def test_a_fresh_engine_starts_its_llm_on_the_first_rollout_and_copies_start_empty(policy, fake_vllm, monkeypatch):
     model, processor, prompts = policy
     engine = VLLMEngine()
     original = FakeLLM.__init__
 
-    def queue_a_reply(self, **options):
+    def with_a_reply_queued(self, **options):  # the LLM is made inside the rollout: queue its answer there
         original(self, **options)
         self.replies.append([[[5]]] * 3)
 
-    FakeLLM.__init__ = queue_a_reply
-    try:
-        ids = engine.completion_ids(model, prompts, 1, 4, [2], 0, 1.0, 1.0, True, None, processor=processor,
-                                    weights_version=0)
-    finally:
-        FakeLLM.__init__ = original
+    monkeypatch.setattr(FakeLLM, "__init__", with_a_reply_queued)
+    ids = engine.completion_ids(model, prompts, 1, 4, [2], 0, 1.0, 1.0, True, None, processor=processor,
+                                weights_version=0)
     assert ids.tolist() == [[5]] * 3 and len(fake_vllm) == 1 and engine.llm is fake_vllm[0]
     assert fake_vllm[0].saved_config["architectures"] == [type(model).__name__]
     engine.llm = None  # a copy never carries the running engine nor what belongs to it
@@ -270,7 +267,7 @@ def test_a_lora_policy_starts_vllm_as_its_base_model(tiny_path, fake_vllm):
 
 def test_import_vllm_quiets_vllm_s_log_and_options_are_checked(monkeypatch):
     fake = SimpleNamespace(__name__="vllm")
-    monkeypatch.setitem(__import__("sys").modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
     monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
     assert vllm_engine.import_vllm() is fake and os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"
     for bad in (0.0, 1.01, -0.5):
