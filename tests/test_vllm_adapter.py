@@ -22,6 +22,16 @@ from vcap.grpo.vllm_engine import VLLMEngine, join_training_ranks, merged_weight
 from vcap.model.loading import load_policy, load_processor
 
 
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """The adapter sets process-wide variables with setdefault (RANK, LOCAL_RANK, VLLM_*), which monkeypatch cannot
+    undo when they were unset before: a leaked RANK would make later tests in this worker another rank."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 class FakeLLM:
     """Records what the engine asks for and answers ``generate`` with the completions queued in ``replies``."""
 

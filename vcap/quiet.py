@@ -21,6 +21,8 @@ from rich.logging import RichHandler
 NOISE: tuple[str, ...] = (
     r"💡 Tip: For seamless cloud",  # Lightning advertising litlogger / litmodels
     r"Failed to load CPU gemm_4bit_forward from kernels-community",  # bitsandbytes: optional faster CPU kernel
+    # kernels (a transformers dependency) when bitsandbytes looks for that optional kernel offline
+    r"Skipping publisher trust check for 'kernels-community/",
     r"(GPU|TPU|HPU) available: ",  # Lightning's hardware inventory; vcap logs the device it uses
     r"Seed set to \d+",
     r"`weights_only` was not set, defaulting to `False`",  # Lightning loading vcap's own checkpoint

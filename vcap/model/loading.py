@@ -99,6 +99,8 @@ def load_policy(name_or_path: str, dtype: str = "float32", attn_implementation: 
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise _not_found(name_or_path, err) from err
+    if load_in_4bit:
+        keep_4bit_layout_for_training(model)
     if freeze_vision:
         tower = find_vision_tower(model)
         if tower is None:
@@ -149,3 +151,13 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def keep_4bit_layout_for_training(model) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit layer's weights for its AVX512-BF16 CPU inference kernel the first time
+    the layer runs in eval mode without gradients; later training forwards then take that inference path and fail
+    ("a view of a leaf Variable that requires grad is being used in an in-place operation"). GRPO alternates
+    rollouts (eval) and updates (train), so the repacking is turned off."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
