@@ -42,8 +42,8 @@ def test_autodq_with_nothing_scored(nan_f1):
     out = autodq([AutoDQSample("a", None, None, failed=True)], nan_f1=nan_f1)
     assert out["sources"] == {} and out["failed"] == 1
     assert set(out["overall"]) == {"f1", "precision", "recall", "success"} and out["overall"]["success"] == 0
-    for key in ("f1", "precision", "recall"):
-        assert math.isnan(out["overall"][key]) if nan_f1 else out["overall"][key] == 0.0
+    for key in ("f1", "precision", "recall"):  # nothing scored is unknown under either protocol, never 0
+        assert math.isnan(out["overall"][key])
 
 
 def test_vdcscore_skips_drops_and_counts_per_dimension():
@@ -60,10 +60,13 @@ def test_vdcscore_skips_drops_and_counts_per_dimension():
     cam, short, detailed = (out["dimensions"][d] for d in ("camera", "short", "detailed"))
     assert cam["acc"] == pytest.approx(25.0) and cam["score"] == pytest.approx(1.5) and cam["videos"] == 2
     assert (cam["dropped"], cam["skipped"], cam["skipped_ids"], cam["parse_failures"]) == (2, 1, ["v0"], 2)
-    assert (short["acc"], short["score"], short["videos"], short["dropped"]) == (0.0, 0.0, 0, 1)
+    assert math.isnan(short["acc"]) and math.isnan(short["score"])  # nothing scored: unknown, not 0
+    assert (short["videos"], short["dropped"]) == (0, 1)
     assert (short["skipped"], short["skipped_ids"], short["parse_failures"]) == (0, [], 0)
     assert (detailed["skipped_ids"], detailed["dropped"], detailed["parse_failures"]) == (["v6"], 0, 0)
-    assert out["avg"] == pytest.approx({"acc": 25.0 / 3, "score": 1.5 / 3})
+    assert math.isnan(out["avg"]["acc"]) and math.isnan(out["avg"]["score"])  # one dimension unknown: Avg too
+    scored = vdcscore(videos[:3])
+    assert scored["avg"] == pytest.approx({"acc": 25.0, "score": 1.5})
     assert out["official_drop_zero"] is False
     nan = vdcscore(videos, nan_empty=True)["dimensions"]["short"]
     assert math.isnan(nan["acc"]) and math.isnan(nan["score"])
@@ -81,8 +84,9 @@ def test_vdcscore_official_drop_zero_drops_a_zero_accuracy_or_a_zero_score():
 
 
 def test_vdcscore_of_nothing():
-    out = vdcscore([])
-    assert out == {"dimensions": {}, "avg": {"acc": 0.0, "score": 0.0}, "official_drop_zero": False}
+    out = vdcscore([])  # nothing scored: Avg is unknown, not 0
+    assert out["dimensions"] == {} and out["official_drop_zero"] is False
+    assert math.isnan(out["avg"]["acc"]) and math.isnan(out["avg"]["score"])
 
 
 def test_defaults_count_only_entailment_and_give_f1_zero():

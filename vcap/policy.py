@@ -10,6 +10,7 @@ import torch
 from peft import PeftConfig
 
 from vcap.bench.distributed import finish_benchmark
+from vcap.bench.identity import open_outputs
 from vcap.distributed import (all_reduce_gradients, check_strategy_support, share_of_global_counts,
                               take_over_ddp_gradient_sync)
 from vcap.errors import UsageError
@@ -174,6 +175,14 @@ class CaptionPolicyModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         return getattr(datamodule, "evaluator", None)
 
+    def on_validation_start(self) -> None:
+        if self.bench_evaluator is not None:  # kept captions are reused only for exactly this model and settings
+            open_outputs(self, self.trainer.datamodule)
+
+    def on_validation_end(self) -> None:
+        if self.bench_evaluator is not None:
+            self.bench_evaluator.close()
+
     def on_validation_epoch_start(self) -> None:
         self.val_firsts.reset()
         self.val_tallies = {}
@@ -193,13 +202,17 @@ class CaptionPolicyModule(L.LightningModule):
             return
         parsed = [parse_completion(t) for t in texts]
         rewards = self.reward_set(parsed, records)
-        judged = ~rewards.failed  # a failed judgment is unknown, not 0: left out of every mean, counted instead
+        # a failed judgment (or a reward without reference) is unknown, not 0: left out of every mean, counted instead
+        judged = ~rewards.unscored
         for name, (values, keep) in {"val/reward": (rewards.scores, judged),
                                      **{f"val/reward/{k}": (v, ~v.isnan()) for k, v in rewards.components.items()}
                                      }.items():
             self.val_tallies[name] = add_tallies(self.val_tallies.get(name), mean_of(values[keep]))
         self.val_tallies["val/judge_failures"] = add_tallies(self.val_tallies.get("val/judge_failures"),
                                                              Tally(float(rewards.failed.sum()), reduce="sum"))
+        for name, mask in rewards.no_reference_by.items():
+            key = f"val/{name}_no_reference"
+            self.val_tallies[key] = add_tallies(self.val_tallies.get(key), Tally(float(mask.sum()), reduce="sum"))
         self.think_f1.update([p.subjects for p in parsed], [subjects_from_json(r["structure"]) for r in records])
         self.caption_score.update([p.answer for p in parsed], [sample_events(r) for r in records],
                                   [r.get("caption", "") for r in records])

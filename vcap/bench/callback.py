@@ -19,6 +19,8 @@ import lightning as L
 import torch
 
 from vcap.bench.datamodule import BenchDataModule
+from vcap.bench.identity import caption_key
+from vcap.provenance import about_run
 
 
 class PeriodicBenchmark(L.Callback):
@@ -49,6 +51,8 @@ class PeriodicBenchmark(L.Callback):
             return
         self._last_step = step
         dm = self.datamodule(step, pl_module.hparams.name_or_path)
+        # a resumed run that evaluates this step again with other weights makes its captions again
+        dm.evaluator.open(caption_key(pl_module, dm), about_run(step=step), on_mismatch="replace")
         was_training = pl_module.model.training
         pl_module.model.eval()
         try:
@@ -60,7 +64,10 @@ class PeriodicBenchmark(L.Callback):
                     dm.evaluator.add(b["records"], pl_module.greedy(b))
         finally:
             pl_module.model.train(was_training)
-        results = dm.evaluator.finish(dm.records, f"{pl_module.hparams.name_or_path} @ step {step}")
+        try:
+            results = dm.evaluator.finish(dm.records, f"{pl_module.hparams.name_or_path} @ step {step}")
+        finally:
+            dm.evaluator.close()
         metrics = {f"bench/{name}": float(v) for name, v in dm.evaluator.metrics(results).items()}
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=step)

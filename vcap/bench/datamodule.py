@@ -18,7 +18,9 @@ class BenchDataModule(CaptionDataModule):
         annotations: DREAM-1K jsonl / metadata.json; VDC folder of <dimension>.jsonl QA files; CaReBench metadata.json.
         video_dir: folder of the benchmark's videos.
         limit: evaluate the first N samples (VDC: videos).
-        output_dir: generations, judge cache, records.jsonl and results.json (default runs/bench/<bench>).
+        output_dir: generations, judge cache, records.jsonl and results.json, made by one model and settings
+            (made_by.json): another model or other settings stop with one line. Default: a folder per model and
+            settings, runs/bench/<bench>/<model>-<hash>/ (the judge cache in runs/bench/<bench>/).
         judge / judge_options: the judge backend and its options (see README, "Judges").
         protocol: 'official' (the official scoring code's parsing, retries, failure units, sampling and request
             shapes) or 'robust' (tolerant parsing, for in-training use). See README, "Benchmarks".
@@ -44,6 +46,7 @@ class BenchDataModule(CaptionDataModule):
                 raise ValueError("frame_sampling 'segment_middle' needs nframes (CaReBench: 32)")
             self.sampling = SegmentMiddleSampling(None, self.hparams.nframes)
         self.bench, self.annotations, self.video_dir, self.limit = bench, annotations, video_dir, limit
+        self.per_model = output_dir is None  # the default: each model and settings get a folder of their own
         self.output_dir = Path(output_dir or Path("runs") / "bench" / bench)
         self.judge_spec = (judge, judge_options, count_neutral, official_drop_zero)
         self.protocol, self.frame_sampling = protocol, frame_sampling
@@ -69,7 +72,7 @@ class BenchDataModule(CaptionDataModule):
             settings = {"fps": hp.fps, "nframes": hp.nframes, "max_frames": hp.max_frames, "min_pixels": hp.min_pixels,
                         "max_pixels": hp.max_pixels, "limit": self.limit, "frame_sampling": self.frame_sampling}
             self.evaluator = BenchEvaluator(self.bench, self.output_dir, judge, options, neutral, drop_zero, settings,
-                                            protocol=self.protocol, notes=self.notes)
+                                            protocol=self.protocol, notes=self.notes, per_model=self.per_model)
 
     @property
     def records(self) -> list[dict]:

@@ -1,8 +1,11 @@
 """``BenchEvaluator``: caches generations as they are made, then runs the judge phase and writes results.
 
-Layout of ``output_dir``: ``generations.jsonl`` (one line per generated caption, appended at once, so a killed
-run resumes without regenerating), ``judge_cache.sqlite`` (every answered judge call), ``records.jsonl``
-(captions, think blocks, extracted items and every verdict) and ``results.json``.
+Layout of ``output_dir``: ``made_by.json`` (the model, its weights' fingerprint and every setting that shapes a
+caption: outputs are reused only by a run with exactly these), ``generations.jsonl`` (one line per generated
+caption, appended at once, so a killed run resumes without regenerating), ``judge_cache.sqlite`` (every answered
+judge call, keyed by the request), ``records.jsonl`` (captions, think blocks, extracted items and every verdict)
+and ``results.json``. Without an ``output_dir`` each model and settings get a folder of their own under
+``runs/bench/<bench>/``; a run holds a lock on its folder while it writes there.
 """
 from __future__ import annotations
 
@@ -19,9 +22,16 @@ from vcap.bench.scoring import AutoDQSample, VDCVideo, autodq, vdcscore
 from vcap.errors import ServiceError
 from vcap.judges import build_judge
 from vcap.judges.llm import LLMJudge
+from vcap.provenance import OutputFolder, digest, slug
 from vcap.textfiles import json_safe, write_json, write_text_atomic
 
 KINDS = {"dream1k": ("events",), "carebench": ("events", "objects"), "vdc": ()}
+OUTPUTS = ("generations.jsonl", "records.jsonl", "results.json")  # made for one identity (made_by.json)
+
+
+def input_digest(record: dict) -> str:
+    """What a record's caption was made from besides the folder's identity: its video and its own prompt."""
+    return digest({"video": str(record["video"]), "prompt": record.get("prompt")})[:16]
 
 
 def check_protocol(bench: str, protocol: str, official_drop_zero: bool | None) -> bool:
@@ -39,11 +49,17 @@ def check_protocol(bench: str, protocol: str, official_drop_zero: bool | None) -
 
 
 class BenchEvaluator:
+    """``output_dir``: the folder of this run's outputs; with ``per_model`` it is a parent, and ``open`` picks
+    ``<output_dir>/<model>-<identity hash>`` (the judge cache stays in the parent: its replies are keyed by the
+    request). Generations are read only once ``open`` has checked who made them."""
+
     def __init__(self, bench: str, output_dir: str | Path, judge: str, judge_options: dict | None = None,
                  count_neutral: bool = False, official_drop_zero: bool | None = None, settings: dict | None = None,
-                 judge_batch: int = 64, protocol: str = "official", notes: dict | None = None):
+                 judge_batch: int = 64, protocol: str = "official", notes: dict | None = None,
+                 per_model: bool = False):
         self.official_drop_zero = check_protocol(bench, protocol, official_drop_zero)
         self.bench, self.out, self.protocol = bench, Path(output_dir), protocol
+        self.per_model = per_model
         self.out.mkdir(parents=True, exist_ok=True)
         options = {"cache": str(self.out / "judge_cache.sqlite"), **(judge_options or {})}
         self.judge = build_judge(judge, **options)
@@ -54,9 +70,28 @@ class BenchEvaluator:
         self.settings = settings or {}
         self.notes = notes if notes is not None else {}
         self.judge_batch = judge_batch
+        self.made_by: dict | None = None
+        self.folder: OutputFolder | None = None
+        self.generations: dict[tuple[str, str], str] = {}  # (id, input digest) -> completion
+
+    def open(self, key: dict, about: dict | None = None, writer: bool = True, on_mismatch: str = "stop") -> None:
+        """Bind the outputs to the identity ``key`` (model, weights, settings). The writer (rank 0) locks the folder
+        and checks ``made_by.json``: outputs of another identity stop the run with one line (``on_mismatch``
+        'stop') or are made again ('replace'). Then the generations kept for this identity are read."""
+        if self.per_model:
+            self.out = self.out / f"{slug(key.get('model', 'model'))}-{digest(key)[:8]}"
+        if writer:
+            self.folder = OutputFolder(self.out)
+            self.folder.open(key, about, on_mismatch, OUTPUTS)
+        self.made_by = {"key": key, "about": about or {}}
+        self.per_model = False  # a second open (the periodic benchmark) keeps the folder it got
         self.generations = self._load_generations()
 
-    def _load_generations(self) -> dict[str, str]:
+    def close(self) -> None:
+        if self.folder is not None:
+            self.folder.release()
+
+    def _load_generations(self) -> dict[tuple[str, str], str]:
         path = self.out / "generations.jsonl"
         done = {}
         if path.exists():
@@ -65,17 +100,28 @@ class BenchEvaluator:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill: generated again
-                done[row["id"]] = row["completion"]
+                done[(row["id"], row.get("input", ""))] = row["completion"]
         return done
 
+    def _opened(self) -> None:
+        if self.made_by is None:
+            raise RuntimeError("BenchEvaluator.open(identity) must come before its generations are used")
+
+    def caption(self, record: dict) -> str | None:
+        """The kept caption of ``record``, made from its current video and prompt, or None."""
+        return self.generations.get((record["id"], input_digest(record)))
+
     def missing(self, records: list[dict]) -> list[int]:
-        return [i for i, r in enumerate(records) if r["id"] not in self.generations]
+        self._opened()
+        return [i for i, r in enumerate(records) if self.caption(r) is None]
 
     def add(self, records: list[dict], completions: list[str]) -> None:
+        self._opened()
         with open(self.out / "generations.jsonl", "a") as f:
             for r, text in zip(records, completions):
-                self.generations[r["id"]] = text
-                f.write(json.dumps({"id": r["id"], "completion": text}, ensure_ascii=False) + "\n")
+                self.generations[(r["id"], input_digest(r))] = text
+                f.write(json.dumps({"id": r["id"], "input": input_digest(r), "completion": text},
+                                   ensure_ascii=False) + "\n")
 
     def bad_videos(self, records: list[dict]) -> list[dict]:
         """Records that never got a caption: their video could not be decoded (the data loader skipped it)."""
@@ -83,7 +129,7 @@ class BenchEvaluator:
 
         out = []
         for r in records:
-            if r["id"] in self.generations:
+            if self.caption(r) is not None:
                 continue
             try:
                 decode_frames(r["video"], FrameSampling(fps=None, nframes=2))
@@ -99,17 +145,19 @@ class BenchEvaluator:
         bad = self.bad_videos(records)
         bad_ids = {b["id"] for b in bad}
         bad_records = [r for r in records if r["id"] in bad_ids]
-        records = [r for r in records if r["id"] in self.generations]
-        parts = [scored_caption(self.generations[r["id"]]) for r in records]
+        self._opened()
+        records = [r for r in records if self.caption(r) is not None]
+        parts = [scored_caption(self.caption(r)) for r in records]
         captions = [p[0] for p in parts]
         started = time.time()
-        details = [{"id": r["id"], "completion": self.generations[r["id"]], "caption": c, "think": t}
+        details = [{"id": r["id"], "completion": self.caption(r), "caption": c, "think": t}
                    for r, (c, t) in zip(records, parts)]
         judge = self.judge.describe()
         if self.protocol == "official":  # official requests carry the benchmark's sampling, not the judge's own
             judge.pop("temperature", None)
         results = {"benchmark": self.bench, "protocol": self.protocol, "model": model, "samples": len(records),
-                   "judge": judge, "settings": self.settings, "bad_videos": bad, **self.notes}
+                   "judge": judge, "settings": self.settings, "made_by": self.made_by, "bad_videos": bad,
+                   **self.notes}
         if self.protocol == "official":
             results["judge_sampling"] = OFFICIAL_SAMPLING[self.bench]
         kinds = KINDS[self.bench]
@@ -180,9 +228,9 @@ class BenchEvaluator:
             for col in ("dimension", "acc", "score", "videos", "dropped", "skipped", "parse failures"):
                 table.add_column(col, justify="left" if col == "dimension" else "right")
             for dim, v in scores["dimensions"].items():
-                table.add_row(dim, f"{v['acc']:.2f}", f"{v['score']:.2f}", str(v["videos"]), str(v["dropped"]),
+                table.add_row(dim, _number(v["acc"]), _number(v["score"]), str(v["videos"]), str(v["dropped"]),
                               str(v["skipped"]), str(v["parse_failures"]))
-            table.add_row("Avg", f"{scores['avg']['acc']:.2f}", f"{scores['avg']['score']:.2f}", "", "", "", "")
+            table.add_row("Avg", _number(scores["avg"]["acc"]), _number(scores["avg"]["score"]), "", "", "", "")
         else:
             for col in ("kind", "source", "F1", "P", "R", "success", "failed"):
                 table.add_column(col, justify="left" if col in ("kind", "source") else "right")
@@ -192,7 +240,7 @@ class BenchEvaluator:
                 rows = [] if names == ["overall"] else [(n, res["sources"].get(n), res["failed_by_source"].get(n, 0))
                                                         for n in names]  # CaReBench: one group, one row
                 for name, v, failed in [*rows, ("overall", res["overall"], res["failed"])]:
-                    values = [f"{100 * v[k]:.1f}" for k in ("f1", "precision", "recall")] if v else ["-"] * 3
+                    values = [_number(100 * v[k], 1) for k in ("f1", "precision", "recall")] if v else ["-"] * 3
                     table.add_row(kind, name, *values, str(v["success"] if v else 0), str(failed))
         Console().print(table)
 
@@ -226,6 +274,11 @@ def _errors(records_path: Path):
         for value in row.values():
             if isinstance(value, dict):
                 yield from map(str, value.get("errors") or [])
+
+
+def _number(value: float, digits: int = 2) -> str:
+    """A table cell: 'n/a' where nothing could be scored (NaN), never a 0 that nothing backs."""
+    return "n/a" if value != value else f"{value:.{digits}f}"
 
 
 def _failed_by_source(samples: list[AutoDQSample]) -> dict[str, int]:

@@ -4,8 +4,9 @@ AutoDQ (DREAM-1K; CaReBench actions and objects): per sample, recall = GT items 
 "entailment" by the prediction, precision = predicted items entailed by the reference. No GT items gives
 recall 1, no predicted items precision 1. Per source, F1 is the harmonic mean of the *mean* recall and
 *mean* precision; overall R and P are the means over sources (a macro average). Failed samples are
-excluded and counted. With ``nan_f1`` (the official protocol) F1 of P = R = 0, and the means of an empty
-group, are nan as the official ``count_f1`` / ``np.average`` give; otherwise 0.
+excluded and counted. With ``nan_f1`` (the official protocol) F1 of P = R = 0 is nan as the official
+``count_f1`` gives; otherwise 0. With no sample scored at all the means are nan under either protocol (as the
+official ``np.average`` of nothing): a number that nothing backs is never shown as 0.
 
 VDCscore (VDC): per QA a yes/no and a 0-5 score; per video the accuracy and mean score; per dimension the
 mean over videos; Avg is the mean over dimensions. Under the robust protocol parse failures count as "no"/0
@@ -69,9 +70,8 @@ def autodq(samples: list[AutoDQSample], count_neutral: bool = False, nan_f1: boo
         p = sum(v["precision"] for v in sources.values()) / len(sources)
         overall = {"f1": _f1(p, r, nan_f1), "precision": p, "recall": r,
                    "success": sum(v["success"] for v in sources.values())}
-    else:
-        empty = NAN if nan_f1 else 0.0
-        overall = {"f1": empty, "precision": empty, "recall": empty, "success": 0}
+    else:  # nothing scored: unknown, under either protocol
+        overall = {"f1": NAN, "precision": NAN, "recall": NAN, "success": 0}
     return {"sources": sources, "overall": overall, "failed": failed}
 
 
@@ -109,13 +109,15 @@ def vdcscore(videos: list[VDCVideo], official_drop_zero: bool = False, nan_empty
             continue
         per_dim[v.dimension].append((acc, score))
     dims = {}
-    empty = NAN if nan_empty else 0.0
+    # a dimension with no video scored is unknown, not 0 (``nan_empty`` is kept for callers; it no longer changes
+    # anything: the robust protocol shows nan there too, as the official one does)
+    empty = NAN
     for dim in sorted(set(per_dim) | set(dropped) | set(skipped)):
         values = per_dim.get(dim, [])
         dims[dim] = {"acc": 100 * sum(a for a, _ in values) / len(values) if values else empty,
                      "score": sum(s for _, s in values) / len(values) if values else empty,
                      "videos": len(values), "dropped": dropped.get(dim, 0), "skipped": len(skipped.get(dim, [])),
                      "skipped_ids": skipped.get(dim, []), "parse_failures": parse_failures.get(dim, 0)}
-    avg = {"acc": sum(d["acc"] for d in dims.values()) / len(dims) if dims else 0.0,
-           "score": sum(d["score"] for d in dims.values()) / len(dims) if dims else 0.0}
+    avg = {"acc": sum(d["acc"] for d in dims.values()) / len(dims) if dims else NAN,
+           "score": sum(d["score"] for d in dims.values()) / len(dims) if dims else NAN}
     return {"dimensions": dims, "avg": avg, "official_drop_zero": official_drop_zero}
