@@ -40,13 +40,13 @@ def test_caption_score_autodq_edge_cases():
         [["the red circle moves left", "the blue square grows"], ["the red circle moves left"], [], ["the red circle moves left"]],
         [ref, ref, ref, ref])
     out = m.compute()
-    # recall: 1/2, 0 (empty caption), 1 (no GT events), 0 -> mean 0.375
-    assert out["event_recall"].item() == pytest.approx(0.375)
-    # precision: 1 (sentence in ref), 1 (no predicted events), 1, 0 (unsupported sentence) -> 0.75
-    assert out["event_precision"].item() == pytest.approx(0.75)
-    assert out["event_f1"].item() == pytest.approx(2 * 0.375 * 0.75 / 1.125)  # F1 of the means, not mean of F1s
-    assert out["escore"].item() == pytest.approx((1.0 + 0.0 + 1.0 + 0.0) / 4)  # step: 0.5 coverage -> 1
-    assert out["failed"].item() == 0
+    # recall: 1/2, 0 (empty caption), not scored (no GT events: no recall, not 1), 0 -> mean 1/6
+    assert out["event_recall"].item() == pytest.approx(1 / 6)
+    # precision: 1 (sentence in ref), 1 (no predicted events), 0 (unsupported sentence) -> 2/3
+    assert out["event_precision"].item() == pytest.approx(2 / 3)
+    assert out["event_f1"].item() == pytest.approx(2 * (1 / 6) * (2 / 3) / (5 / 6))  # F1 of the means, not mean of F1s
+    assert out["escore"].item() == pytest.approx((1.0 + 0.0 + 0.0) / 3)  # step: 0.5 coverage -> 1
+    assert out["failed"].item() == 0 and out["no_events"].item() == 1
 
 
 def test_caption_score_counts_judge_failures(monkeypatch):

@@ -114,9 +114,9 @@ def test_caption_reward_coverage_with_lexical_judge():
     assert build_reward("caption", mode="step")([parse_completion(GOOD)], [sample]).scores.tolist() == [0.5]
 
 
-def test_missing_events_is_a_clear_error():
-    with pytest.raises(KeyError, match="no 'events'"):
-        build_reward("caption")([parse_completion(GOOD)], [{"id": "x"}])
+def test_missing_events_is_n_a_not_an_error_and_not_one():
+    out = build_reward("caption")([parse_completion(GOOD)], [{"id": "x"}])
+    assert out.no_reference.tolist() == [True] and out.scores.tolist() == [0.0]
 
 
 def test_registry_errors_list_valid_names():

@@ -60,8 +60,9 @@ class CaptionScore(Metric):
     """AutoDQ-style event recall/precision/F1 and the mean Escore of captions, judged by ``judge``.
 
     Recall: ground-truth events entailed by the caption. Precision: events extracted from the caption
-    entailed by the reference caption. Empty ground truth gives recall 1, no predicted events precision 1.
-    F1 is the harmonic mean of the averaged recall and precision. Judge failures are counted, not scored.
+    entailed by the reference caption. No predicted events give precision 1; a record without ground-truth events
+    has no recall and is not scored (counted in ``no_events``, never recall 1). F1 is the harmonic mean of the
+    averaged recall and precision. Judge failures are counted, not scored.
     """
 
     full_state_update = False
@@ -72,22 +73,25 @@ class CaptionScore(Metric):
         # a Judge instance (e.g. the caption reward's) shares its client, model and cache
         self.judge = judge if isinstance(judge, Judge) else build_judge(judge, **(judge_options or {}))
         self.mode, self.low, self.high = mode, low, high
-        for key in ("recall", "precision", "escore", "count", "failed"):
+        for key in ("recall", "precision", "escore", "count", "failed", "no_events"):
             self.add_state(key, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, captions: list[str | None], events: list[list[str]], references: list[str]) -> None:
+        scored = [i for i, ev in enumerate(events) if ev]
+        sums = dict(recall=0.0, precision=0.0, escore=0.0, count=0.0, failed=0.0,
+                    no_events=float(len(events) - len(scored)))
+        captions, events, references = ([seq[i] for i in scored] for seq in (captions, events, references))
         captions = [c or "" for c in captions]
         recall_hits = self.judge.entail_nonempty(list(zip(captions, events)))
         extracted = self.judge.extract_events(captions)
         pred_events = [x.items or [] for x in extracted]
         precision_hits = self.judge.entail_nonempty(list(zip(references, pred_events)))
-        sums = dict(recall=0.0, precision=0.0, escore=0.0, count=0.0, failed=0.0)
         for i, (ev, ex, pe) in enumerate(zip(events, extracted, pred_events)):
             rec, prec = recall_hits[i][0], precision_hits[i][0]
             if rec is None or prec is None or ex.items is None:
                 sums["failed"] += 1
                 continue
-            recall = sum(rec) / len(rec) if ev else 1.0
+            recall = sum(rec) / len(rec)
             sums["recall"] += recall
             sums["precision"] += sum(prec) / len(prec) if pe else 1.0
             sums["escore"] += escore(recall, self.mode, self.low, self.high)
@@ -103,4 +107,5 @@ class CaptionScore(Metric):
         if self.count == 0:
             f1 = torch.full_like(recall, float("nan"))
         return {k: v.float() for k, v in dict(event_recall=recall, event_precision=precision, event_f1=f1,
-                                              escore=self.escore / n, failed=self.failed).items()}
+                                              escore=self.escore / n, failed=self.failed,
+                                              no_events=self.no_events).items()}

@@ -110,6 +110,9 @@ class CaptionDataModule(L.LightningDataModule):
         limit: evaluate only the first N validation records (``--limit N``).
         shuffle: shuffle the training order (a seeded permutation per epoch, resumable mid-epoch).
         seed: seed of the training order.
+        allow_empty_references: accept records with ``events: []`` or ``structure: []``; their caption / think
+            reward is then n/a (left out of means, counted in train/caption_no_reference, train/think_no_reference),
+            never the 1 an empty reference would give. By default they are a manifest error.
     """
 
     def __init__(self, manifest: str | None = None, val_manifest: str | None = None,
@@ -118,7 +121,7 @@ class CaptionDataModule(L.LightningDataModule):
                  nframes: int | None = None, min_frames: int = 4, max_frames: int = 32, min_pixels: int = 128 * 28 * 28,
                  max_pixels: int = 360 * 420, prompt: str = DEFAULT_PROMPT, system_prompt: str | None = SYSTEM_PROMPT,
                  bad_video: Literal["skip", "error"] = "skip", limit: int | None = None, shuffle: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, allow_empty_references: bool = False):
         super().__init__()
         if bad_video not in BAD_VIDEO_POLICIES:
             raise UsageError(f"--data.init_args.bad_video must be one of {BAD_VIDEO_POLICIES}, got {bad_video!r}")
@@ -141,20 +144,22 @@ class CaptionDataModule(L.LightningDataModule):
     def load_records(self, stage: str) -> list[dict]:
         hp = self.hparams
         require = self.required_fields.get(stage)
+        allow = {"allow_empty_references": hp.allow_empty_references}
         if stage == "fit":
-            return read_manifest(self.manifest_path(), split="train", require=require)
+            return read_manifest(self.manifest_path(), split="train", require=require, **allow)
         if stage == "predict":
             videos = hp.predict_videos or []
             if len(videos) == 1 and videos[0].endswith(".jsonl"):
-                return read_manifest(videos[0], flag="--data.init_args.predict_videos")
+                # predict scores nothing: references, empty or not, are not read
+                return read_manifest(videos[0], flag="--data.init_args.predict_videos", allow_empty_references=True)
             if not videos:
                 raise UsageError("vcap predict needs --data.init_args.predict_videos: video files, folders or a "
                                  ".jsonl manifest, e.g. --data.init_args.predict_videos '[clips/]'")
             return records_from_videos(videos)
         if hp.val_manifest:
-            records = read_manifest(hp.val_manifest, require=require, flag="--data.init_args.val_manifest")
+            records = read_manifest(hp.val_manifest, require=require, flag="--data.init_args.val_manifest", **allow)
         else:
-            records = read_manifest(self.manifest_path(), "val", require=require)
+            records = read_manifest(self.manifest_path(), "val", require=require, **allow)
         return records[: hp.limit] if hp.limit else records
 
     def stage_records(self, stage: str) -> dict[str, list[dict]]:
@@ -171,6 +176,11 @@ class CaptionDataModule(L.LightningDataModule):
                                  "set --data.init_args.val_manifest" if split else ""))
             out[name] = records
         return out
+
+    def has_validation(self) -> bool:
+        """Whether there is anything to validate on; ``fit`` without it trains without validation (see
+        ``stage_records``), and ``VcapTrainer`` then skips its validation before fit."""
+        return "validate" in self.datasets or bool(self.load_records("validate"))
 
     def check_inputs(self, stage: str, required_fields: dict[str, dict[str, str]] | None = None) -> None:
         """Load and validate every input ``stage`` reads, without decoding videos or loading a processor.

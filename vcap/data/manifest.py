@@ -19,6 +19,10 @@ from vcap.textfiles import read_utf8
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
 SPLITS = ("train", "val")
 ANNOTATED_FIELDS = ("events", "structure")  # what `vcap annotate` can fill from a caption
+REFERENCE_FIELDS = {"events": "caption", "structure": "think"}  # reference lists -> the reward they are checked by
+EMPTY_MEANS = {"events": "the caption reward would find every event covered and score any caption 1",
+               "structure": "the think reward would have nothing to recall (an empty think block scores 1)"}
+ALLOW_EMPTY_FLAG = "--data.init_args.allow_empty_references true"
 
 
 class ManifestError(UsageError):
@@ -100,18 +104,29 @@ def _needs_message(path: Path, lines: list[int], field: str, needed_by: str, tot
     return text
 
 
+def _empty_message(path: Path, empty: list[tuple[int, str]]) -> str:
+    (lineno, field), more = empty[0], len(empty) - 1
+    reward = REFERENCE_FIELDS[field]
+    return (f"{path}:{lineno}: field '{field}' is empty" + (f" (and {more} more in this file)" if more else "")
+            + f"; {EMPTY_MEANS[field]}. Give the "
+            f"record its {field} (`vcap annotate --overwrite true` fills them from the caption), or pass {ALLOW_EMPTY_FLAG} "
+            f"to keep such records: their {reward} reward is then n/a, counted in train/{reward}_no_reference")
+
+
 def read_manifest(path: str | Path, split: str | None = None, require: dict[str, str] | None = None,
-                  flag: str = "--data.init_args.manifest") -> list[dict]:
+                  flag: str = "--data.init_args.manifest", allow_empty_references: bool = False) -> list[dict]:
     """Records of ``split`` (records without ``split`` are 'train'), with absolute video paths.
 
     Every line is validated, whatever its split. ``require`` maps fields the run needs to who needs them
     (checked on the records returned). ``flag`` names the option that gave ``path``, for the not-found error.
+    ``events: []`` or ``structure: []`` is an error unless ``allow_empty_references``: an empty reference list
+    would satisfy its reward whatever the completion says.
     """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path} (set {flag} to a JSONL file with one record per video; "
                             "see README, 'Manifest format')")
-    entries, problems, missing, lines = [], [], {}, 0
+    entries, problems, missing, lines, empty = [], [], {}, 0, []
     for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
@@ -130,6 +145,7 @@ def read_manifest(path: str | Path, split: str | None = None, require: dict[str,
             errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo explains a gap
             problems += [f"{path}:{lineno}: {describe_problem(e)}" for e in errors]
             continue
+        empty += [(lineno, f) for f in REFERENCE_FIELDS if getattr(record, f) == [] and not allow_empty_references]
         out = dict(raw)
         video = record.video
         out["video"] = video if Path(video).is_absolute() else str((path.parent / video).resolve())
@@ -140,6 +156,8 @@ def read_manifest(path: str | Path, split: str | None = None, require: dict[str,
     if not lines:
         raise ManifestError(f"manifest {path} is empty: write one JSON object per line, one per video "
                             "(see README, 'Manifest format')")
+    if empty:
+        raise ManifestError(_empty_message(path, empty))
     assign_ids(path, entries)
     records = []
     for lineno, record, out in entries:

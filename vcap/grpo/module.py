@@ -173,6 +173,9 @@ class GRPOModule(CaptionPolicyModule):
                                                            self.eos_token_ids).float()),
             "train/reward_failures": Tally(float(len(rewards.failures)), reduce="sum"),
             "train/judge_failures": Tally(float(rewards.failed.sum()), reduce="sum"),
+            # completions whose record has no reference for a reward (events: [] ...): that reward is n/a for them
+            **{f"train/{name}_no_reference": Tally(float(mask.sum()), reduce="sum")
+               for name, mask in rewards.no_reference_by.items()},
             "train/lr": Tally(self.lr_schedulers().get_last_lr()[0]),
             **{f"train/{k}": Tally(float(v)) for k, v in stats.items()},
             # failed judgments are NaN: unknown, left out of the mean (NaN when the whole batch failed)

@@ -25,6 +25,16 @@ class RewardOutput:
     # (N,) bool: the judgment failed, so the score is unknown: ``scores`` holds what the optimisation uses
     # (0 under on_failure: zero), while logged means and metrics leave these out (the components hold NaN)
     failed: torch.Tensor | None = None
+    # (N,) bool: the sample's record has no reference for this reward (``events: []`` for the caption reward,
+    # ``structure: []`` for the think reward), so its score is n/a, never "everything covered": ``scores`` holds 0,
+    # the same for every completion of a GRPO group (they share the record), so this reward moves no advantage in
+    # that group while the others still train; logged means leave it out (the components hold NaN) and it is counted
+    no_reference: torch.Tensor | None = None
+    # RewardSet only: reward name -> its ``no_reference`` mask (logged as ``<split>/<name>_no_reference``)
+    no_reference_by: dict[str, torch.Tensor] = field(default_factory=dict)
+    # RewardSet only: (N,) bool, some reward's score is n/a (failed or no reference): the total is left out of
+    # logged means of the total reward (validation), like a failed judgment
+    unscored: torch.Tensor | None = None
 
 
 class Reward:
@@ -67,17 +77,25 @@ class RewardSet:
         total = torch.zeros(n)
         excluded = torch.zeros(n, dtype=torch.bool)
         failed = torch.zeros(n, dtype=torch.bool)
+        unscored = torch.zeros(n, dtype=torch.bool)
         components: dict[str, torch.Tensor] = {}
         failures: list[tuple[int, str]] = []
+        no_reference: dict[str, torch.Tensor] = {}
         for name, reward in self.rewards.items():
             out = reward(parsed, samples)
             total += self.weights[name] * out.scores.float()
-            unknown = out.failed if out.failed is not None else torch.zeros(n, dtype=torch.bool)
+            judged = out.failed if out.failed is not None else torch.zeros(n, dtype=torch.bool)
+            unknown = judged.clone()
+            if out.no_reference is not None:
+                no_reference[name] = out.no_reference
+                unknown |= out.no_reference
             components[name] = out.scores.float().masked_fill(unknown, float("nan"))
             for sub, values in out.components.items():
                 components[f"{name}/{sub}"] = values.float().masked_fill(unknown, float("nan"))
             failures += [(i, f"{name}: {why}") for i, why in out.failures]
             if out.excluded is not None:
                 excluded |= out.excluded
-            failed |= unknown
-        return RewardOutput(total, components, failures, excluded, failed)
+            failed |= judged
+            unscored |= unknown
+        return RewardOutput(total, components, failures, excluded, failed, no_reference_by=no_reference,
+                            unscored=unscored)

@@ -1,6 +1,7 @@
 """Caption scorer (Escore): a judge checks each ground-truth event against the caption.
 
-coverage c = entailed events / all events. ``mode='step'`` is the paper's mapping
+coverage c = entailed events / all events. A record without events (``events: []`` or none) has no coverage: its
+score is n/a (``RewardOutput.no_reference``), never 1, and no judge is asked. ``mode='step'`` is the paper's mapping
 (0 below ``low``, 0.5 below ``high``, else 1; bounds inclusive on the upper bin);
 ``mode='linear'`` returns c itself, a denser signal for small models.
 
@@ -52,9 +53,10 @@ class CaptionReward(Reward):
         excluded = torch.zeros(n, dtype=torch.bool)
         failed = torch.zeros(n, dtype=torch.bool)
         failures = []
-        index = [i for i, p in enumerate(parsed) if p.answer is not None]
-        failures += [(i, "no <answer> block") for i, p in enumerate(parsed) if p.answer is None]
-        events = [sample_events(s) for s in samples]
+        events = [list(s.get("events") or []) for s in samples]
+        no_reference = torch.tensor([not e for e in events], dtype=torch.bool)
+        index = [i for i, p in enumerate(parsed) if p.answer is not None and events[i]]
+        failures += [(i, "no <answer> block") for i, p in enumerate(parsed) if p.answer is None and events[i]]
         recall_hits = self.judge.entail_nonempty([(parsed[i].answer, events[i]) for i in index])
         precision_hits = [None] * len(index)
         if self.metric == "f1":
@@ -69,14 +71,14 @@ class CaptionReward(Reward):
                 excluded[i] = self.on_failure == "exclude"
                 failed[i] = True
                 continue
-            coverage[i] = sum(rec) / len(rec) if events[i] else 1.0
+            coverage[i] = sum(rec) / len(rec)
             value = float(coverage[i])
             if self.metric == "f1":
                 precision[i] = sum(prec) / len(prec) if prec else 1.0
                 p = float(precision[i])
                 value = 2 * value * p / (value + p) if value + p > 0 else 0.0
             scores[i] = escore(value, self.mode, self.low, self.high)
-        components = {"coverage": coverage}
+        components = {"coverage": coverage.masked_fill(no_reference, float("nan"))}
         if self.metric == "f1":
-            components["precision"] = precision
-        return RewardOutput(scores, components, failures, excluded, failed)
+            components["precision"] = precision.masked_fill(no_reference, float("nan"))
+        return RewardOutput(scores, components, failures, excluded, failed, no_reference)

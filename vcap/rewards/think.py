@@ -2,7 +2,9 @@
 
 Predicted subjects are matched one-to-one to ground-truth subjects (Hungarian on name similarity).
 Attributes and actions are then soft-matched within matched pairs; items of unmatched subjects count
-as false positives (predicted) or false negatives (ground truth), so padding does not pay.
+as false positives (predicted) or false negatives (ground truth), so padding does not pay. A record with
+``structure: []`` has nothing to recall: its score is n/a (``RewardOutput.no_reference``), never the 1 of two
+empty sides.
 """
 from __future__ import annotations
 
@@ -70,12 +72,19 @@ class ThinkReward(Reward):
     def score(self, parsed, samples) -> RewardOutput:
         n = len(parsed)
         scores, attr_f1, act_f1 = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        no_reference = torch.zeros(n, dtype=torch.bool)
         failures = []
         for i, (p, sample) in enumerate(zip(parsed, samples)):
+            gt = gt_subjects(sample)
+            if not gt:
+                no_reference[i] = True
+                attr_f1[i] = act_f1[i] = float("nan")
+                continue
             if p.subjects is None:
                 failures.append((i, p.reason or "no structured think block"))
                 continue
-            counts = self.scorer.counts(p.subjects, gt_subjects(sample))
+            counts = self.scorer.counts(p.subjects, gt)
             scores[i] = self.scorer.tscore(counts)
             attr_f1[i], act_f1[i] = counts.attributes.f1(), counts.actions.f1()
-        return RewardOutput(scores, {"attribute_f1": attr_f1, "action_f1": act_f1}, failures)
+        return RewardOutput(scores, {"attribute_f1": attr_f1, "action_f1": act_f1}, failures,
+                            no_reference=no_reference)
