@@ -9,17 +9,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ScriptedServer:
-    """``script(request_json) -> ("reply", text) | ("status", code) | ("sleep", seconds, text)``."""
+    """``script(request_json) -> ("reply", text) | ("status", code) | ("sleep", seconds, text)
+    | ("raw", status, content_type, body)`` (e.g. a proxy's HTML page). GETs (the reachability probe's
+    ``/models``) are answered with an empty model list and their headers kept in ``get_headers``."""
 
     def __init__(self, script):
         self.script = script
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.get_headers: list[dict] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):
+                server.get_headers.append({k.lower(): v for k, v in self.headers.items()})
+                data = b'{"object": "list", "data": []}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -31,6 +43,14 @@ class ScriptedServer:
                     self.send_header("Content-Type", "application/json")
                     self.end_headers()
                     self.wfile.write(json.dumps({"error": {"message": "scripted", "code": action[1]}}).encode())
+                    return
+                if action[0] == "raw":
+                    data = action[3].encode()
+                    self.send_response(action[1])
+                    self.send_header("Content-Type", action[2])
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                     return
                 if action[0] == "sleep":
                     time.sleep(action[1])

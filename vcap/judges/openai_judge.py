@@ -3,7 +3,9 @@
 A batch's calls run concurrently (bounded) through the SDK's async client, which applies the timeout and
 retries with backoff on 429, 5xx, timeouts and refused connections. The API key is read from the
 environment variable named by ``api_key_env`` at call time; it is never stored on the judge, logged or
-written to configs.
+written to configs. A ``user:password@`` in ``base_url`` is sent as HTTP basic auth and shown masked
+(``vcap.judges.urls``). A reply that is not a chat completion (a proxy's HTML error page with status 200) is a
+failed call named by its content type, like a reply that never came.
 """
 from __future__ import annotations
 
@@ -14,30 +16,57 @@ import os
 from vcap.signals import Interrupted, polled, requested
 from vcap.judges.base import register_judge
 from vcap.judges.llm import LLMJudge
+from vcap.judges.urls import masked, without_credentials
 
 log = logging.getLogger(__name__)
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
 
 
-def reachability_problem(base_url: str, timeout: float = 5.0) -> str | None:
+class NotAChatReply(Exception):
+    """The server answered, but not with a chat completion (an HTML error page of a proxy, JSON without choices)."""
+
+
+def reachability_problem(base_url: str, timeout: float = 5.0, headers: dict[str, str] | None = None,
+                         shown: str | None = None) -> str | None:
     """Why nothing answers HTTP at ``base_url`` within ``timeout`` seconds, or None (GET <base_url>/models, the
-    route OpenAI-compatible servers list their models on; any status counts as an answer)."""
+    route OpenAI-compatible servers list their models on; any status counts as an answer). Credentials in the URL
+    go as basic auth (or ``headers`` carry them); the message shows the URL masked (or as ``shown``)."""
     import socket
     import urllib.error
     import urllib.request
 
+    url, auth = without_credentials(base_url)
+    headers = {**auth, **(headers or {})}
+    shown = shown or masked(base_url)
     try:
-        urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=timeout).close()
+        urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + "/models", headers=headers),
+                               timeout=timeout).close()
     except urllib.error.HTTPError:
         return None  # an HTTP status, even 401 or 404: something is serving there
     except (TimeoutError, socket.timeout):
-        return f"the judge at {base_url} did not answer within {timeout:g} s"
+        return f"the judge at {shown} did not answer within {timeout:g} s"
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
         if isinstance(reason, (TimeoutError, socket.timeout)):
-            return f"the judge at {base_url} did not answer within {timeout:g} s"
-        return f"the judge at {base_url} is not reachable ({str(reason)[:120] or type(reason).__name__})"
+            return f"the judge at {shown} did not answer within {timeout:g} s"
+        why = str(reason).replace(base_url, shown)[:120] or type(reason).__name__
+        return f"the judge at {shown} is not reachable ({why})"
     return None
+
+
+def reply_text(raw) -> str:
+    """The completion's text from the SDK's raw response, or NotAChatReply saying what came instead (its content
+    type and the start of its body), e.g. ``judge reply was not JSON (text/html: '<html>...')``."""
+    content_type = (raw.headers.get("content-type") or "no content type").split(";")[0].strip()
+    response = raw.parse()
+    body = " ".join(str(raw.text).split())[:60]
+    if isinstance(response, str):  # the SDK hands over a body that is not JSON as text
+        raise NotAChatReply(f"judge reply was not JSON ({content_type}: {body!r})")
+    choices = getattr(response, "choices", None)
+    message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
+    if message is None:
+        raise NotAChatReply(f"judge reply was not a chat completion, no choices[0].message ({content_type}: {body!r})")
+    return getattr(message, "content", None) or ""
 
 
 @register_judge("openai")
@@ -70,7 +99,9 @@ class OpenAIJudge(LLMJudge):
                          retry_temperature, max_consecutive_failures)
         if response_format not in RESPONSE_FORMATS:
             raise ValueError(f"response_format must be one of {list(RESPONSE_FORMATS)}, got {response_format!r}")
-        self.base_url, self.api_key_env = base_url, api_key_env
+        # shown everywhere masked; the client gets the URL without credentials and their basic-auth header
+        self.base_url, self.api_key_env = masked(base_url), api_key_env
+        self._url, self._auth_headers = without_credentials(base_url)
         self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
         self.response_format = response_format
         self.structured_output = response_format != "none"
@@ -87,7 +118,7 @@ class OpenAIJudge(LLMJudge):
     def reachability_problem(self, timeout: float = 5.0) -> str | None:
         """None when the server answers HTTP at all (any status: a missing route or key still shows it is up);
         else why not, naming the URL. Checked before a run loads anything."""
-        return reachability_problem(self.base_url, min(timeout, self.timeout))
+        return reachability_problem(self._url, min(timeout, self.timeout), self._auth_headers, self.base_url)
 
     def __repr__(self) -> str:  # no key material, ever
         return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r})"
@@ -106,8 +137,10 @@ class OpenAIJudge(LLMJudge):
         from openai import APIStatusError, AsyncOpenAI
 
         async def main():
-            client = AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
-                                 timeout=self.timeout, max_retries=self.max_retries)
+            # default headers win over the SDK's own: basic auth from the URL replaces the Bearer key
+            client = AsyncOpenAI(base_url=self._url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
+                                 timeout=self.timeout, max_retries=self.max_retries,
+                                 default_headers=self._auth_headers or None)
             semaphore = asyncio.Semaphore(self.concurrency)
 
             async def one(i: int, messages: list[dict], sampling: dict) -> None:
@@ -121,9 +154,9 @@ class OpenAIJudge(LLMJudge):
                         elif form == "json_object":
                             kwargs["response_format"] = {"type": "json_object", "schema": schema["schema"]}
                         try:
-                            response = await client.chat.completions.create(model=self.model, messages=messages,
-                                                                            **kwargs)
-                            reply = response.choices[0].message.content or ""
+                            raw = await client.chat.completions.with_raw_response.create(
+                                model=self.model, messages=messages, **kwargs)
+                            reply = reply_text(raw)
                         except APIStatusError as err:
                             # 400/422, or a 500 that names the field (llama-cpp-python's server wraps its
                             # validation error): the server does not take this form of response_format

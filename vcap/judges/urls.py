@@ -1,0 +1,45 @@
+"""Credentials written into a judge's URL (``http://user:secret@host:8001/v1``, e.g. a server behind a proxy with
+HTTP basic auth).
+
+The user and password never travel inside the URL: the reachability probe and the openai client get the URL
+without them and an ``Authorization: Basic ...`` header instead (percent-encoded characters decoded first, so a
+password with ``@`` is written ``%40``). That header replaces the ``Bearer`` API key; a URL without credentials
+keeps the key. Whatever vcap prints, logs or writes (messages, ``describe()``, results, the reply cache's record of
+who answered) shows the URL masked: ``http://user:***@host:8001/v1``.
+"""
+from __future__ import annotations
+
+import base64
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+
+def _netloc_without_userinfo(parts) -> str:
+    return parts.netloc.rpartition("@")[2]
+
+
+def without_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without ``user:password@`` and the headers that carry them instead (none when it has none)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, {}
+    if "@" not in parts.netloc:
+        return url, {}
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    clean = urlunsplit(parts._replace(netloc=_netloc_without_userinfo(parts)))
+    return clean, {"Authorization": f"Basic {token}"}
+
+
+def masked(url: str) -> str:
+    """The URL as it may be shown: a password in it becomes ``***`` (the user name stays, it tells which account)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.rpartition("@")[2] if "@" in url else url
+    if "@" not in parts.netloc:
+        return url
+    userinfo = parts.netloc.rpartition("@")[0]
+    user = userinfo.split(":", 1)[0]
+    shown = f"{user}:***" if ":" in userinfo else user
+    return urlunsplit(parts._replace(netloc=f"{shown}@{_netloc_without_userinfo(parts)}"))
