@@ -109,3 +109,67 @@ def test_annotate_stops_at_once_when_the_judge_is_down(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip() == (f"vcap: error: the judge at {url} is not reachable ([Errno 111] Connection refused):"
                                   " start the server, or point --judge_options base_url at one that runs")
+
+
+def test_ctrl_c_during_a_hung_judge_stops_within_seconds_and_keeps_the_answers(tmp_path):
+    """Issue 25 item 6: Ctrl-C stops at once (not after the judge's 40 s timeout), exits 130 with one line, writes
+    no half output; what was answered is cached, so the same command then asks only the rest."""
+    import threading
+    import time
+
+    write_manifest(tmp_path / "in.jsonl", 6)
+    answered = threading.Event()
+
+    def script(body):
+        if answered.is_set():  # the second call hangs
+            time.sleep(60)
+        answered.set()
+        return reply_for(body)
+
+    with ScriptedServer(script) as server:
+        opts = json.dumps({"model": "m", "base_url": server.url, "cache": str(tmp_path / "cache.sqlite"),
+                           "concurrency": 1, "max_retries": 0, "timeout": 40})
+        proc = subprocess.Popen([sys.executable, "-m", "vcap.cli", "annotate", "--input", str(tmp_path / "in.jsonl"),
+                                 "--output", str(tmp_path / "out.jsonl"), "--judge_options", opts, "--batch_size", "2"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        deadline = time.time() + 120
+        while len(server.requests) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        sent = time.time()
+        _, err = proc.communicate(timeout=60)
+        stopped_after = time.time() - sent
+    assert proc.returncode == 130, err[-2000:]
+    assert stopped_after < 10, stopped_after
+    lines = [line for line in err.splitlines() if line.startswith("vcap annotate:")]
+    assert lines == [f"vcap annotate: SIGINT: stopped after 0 of 11 records' fields; nothing was written to "
+                     f"{tmp_path / 'out.jsonl'}; the answered calls are kept in {tmp_path / 'cache.sqlite'}: the same "
+                     "command continues from there"], err[-2000:]
+    assert "Traceback" not in err and not (tmp_path / "out.jsonl").exists()
+    with ScriptedServer(reply_for) as server:
+        run_annotate(tmp_path, server.url)
+        assert len(server.requests) == 11 - 1  # the answer given before Ctrl-C came from the cache
+    made_by = json.loads((tmp_path / "out.jsonl.made_by.json").read_text())
+    assert made_by["key"]["judge"] == {"backend": "openai", "model": "m", "temperature": 0.0, "base_url": server.url,
+                                       "response_format": "json_schema"}
+    assert made_by["key"]["fields"] == ["events", "structure"] and len(made_by["key"]["input_sha256"]) == 64
+
+
+def test_two_annotate_runs_never_write_one_output(tmp_path):
+    from filelock import FileLock
+
+    write_manifest(tmp_path / "in.jsonl", 2)
+    held = FileLock(str(tmp_path / ".out.jsonl.lock"))
+    held.acquire()
+    try:
+        with ScriptedServer(reply_for) as server:
+            run = run_annotate(tmp_path, server.url, check=False)
+            assert not server.requests
+    finally:
+        held.release()
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"vcap: error: vcap annotate: {tmp_path / 'out.jsonl'} is being written by another vcap run (its lock "
+        f"{tmp_path / '.out.jsonl.lock'} is held): wait for that run to end, or pass another --output")

@@ -162,3 +162,20 @@ def test_weights_fingerprint_sees_training_steps_dtypes_and_adapters():
     assert weights_fingerprint([("w", big), ("b", small), ("lora_B", lora_b + 0.01)]) != with_adapter
     assert weights_fingerprint([("q", torch.tensor([1, 2, 3], dtype=torch.uint8))]) != \
         weights_fingerprint([("q", torch.tensor([1, 2, 4], dtype=torch.uint8))])  # 4-bit weights are stored as bytes
+
+
+def test_robust_protocol_with_every_sample_failed_shows_na_not_zero(tmp_path, shapes_manifest):
+    """Item 5: nothing scored under protocol robust is nan in results.json (null) and n/a in the table, as under
+    official; the run exits 1."""
+    ann, vdir = fixtures(tmp_path, shapes_manifest, "dream1k")
+    out = tmp_path / "out"
+    with ScriptedServer(lambda body: ("reply", "I think the caption is quite good overall.")) as prose:
+        run = validate(tmp_path, ann, vdir, prose, "vcap-tiny-sft", "--data.init_args.protocol", "robust",
+                       "--data.init_args.judge_options",
+                       json.dumps({"model": "judge", "base_url": prose.url, "max_retries": 0, "parse_retries": 0}),
+                       out=out)
+    assert run.returncode == 1, run.stderr[-3000:]
+    overall = json.loads((out / "results.json").read_text())["events"]["overall"]
+    assert overall == {"f1": None, "precision": None, "recall": None, "success": 0}
+    row = next(line for line in run.stdout.splitlines() if "overall" in line)
+    assert row.count("n/a") == 3 and "0.0" not in row, row

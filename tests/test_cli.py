@@ -62,6 +62,9 @@ def test_fit_validate_predict_on_tiny_default(tmp_path):
     assert (out.stdout + out.stderr).count("predictions written") == 1 and "trainable" not in out.stdout + out.stderr
     rows = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and {"id", "video", "completion", "think", "answer", "subjects"} <= set(rows[0])
+    made_by = json.loads((tmp_path / "preds.jsonl.made_by.json").read_text())  # what made the predictions
+    assert made_by["key"]["model"] == "vcap-tiny-sft" and made_by["about"]["checkpoint"] == str(last)
+    assert made_by["key"]["decoding"]["mode"] == "greedy" and len(made_by["key"]["weights"]) == 16
 
 
 def test_resume_from_last_with_a_checkpoint_folder_of_its_own(tmp_path):

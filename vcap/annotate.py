@@ -1,11 +1,14 @@
 """``vcap annotate``: fill missing ``events`` / ``structure`` of a manifest from its captions with a judge.
 
-Resumable: every judge reply is cached on disk as it arrives, so a killed run started again re-pays nothing
-that was answered. Other fields and video paths are copied unchanged.
+Resumable: every judge reply is cached on disk as it arrives, so a run killed or stopped with Ctrl-C and started
+again re-pays nothing that was answered. Other fields and video paths are copied unchanged. The output is written
+atomically at the end, with ``<output>.made_by.json`` naming the judge, the input (its SHA-256) and the fields; a
+lock keeps two runs from writing one output.
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ from rich.table import Table
 
 from vcap.errors import ServiceError
 from vcap.judges import build_judge
+from vcap.provenance import about_run, file_sha256, lock_output, write_made_by
+from vcap.signals import Interrupted, raising_on_signals
 from vcap.textfiles import read_utf8, write_text_atomic
 
 FIELDS = ("events", "structure")
@@ -49,6 +54,8 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}; valid: {list(FIELDS)}")
     records = read_jsonl(Path(input))
+    out = Path(output)
+    lock = lock_output(out, "--output")  # held until the process ends: two runs never write one output
     backend = build_judge(judge, **(judge_options or {}))
     problem = backend.reachability_problem() if hasattr(backend, "reachability_problem") else None
     if problem:
@@ -66,24 +73,18 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
                 counts[f"{f}_present"] += 1
             else:
                 todo[f].append(i)
-    extract = {"events": backend.extract_events, "structure": backend.extract_structure}
     total = sum(len(v) for v in todo.values())
-    with Progress(TextColumn("annotate {task.fields[field]}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True)) as progress:
-        task = progress.add_task("annotate", total=total, field="")
-        for f in fields:
-            progress.update(task, field=f)
-            for start in range(0, len(todo[f]), batch_size):
-                idx = todo[f][start:start + batch_size]
-                for i, result in zip(idx, extract[f]([records[i]["caption"] for i in idx])):
-                    if result.items is None:
-                        counts[f"{f}_failed"] += 1
-                        failed.append(f"{records[i].get('id', records[i].get('video', i))}: {f}: {result.error}")
-                    else:
-                        records[i][f] = result.items
-                        counts[f"{f}_filled"] += 1
-                progress.advance(task, len(idx))
-    out = Path(output)
+    try:
+        with raising_on_signals():
+            fill(records, todo, backend, batch_size, counts, failed)
+    except Interrupted as stop:
+        done = sum(counts[f"{f}_{kind}"] for f in fields for kind in ("filled", "failed"))
+        cache = getattr(getattr(backend, "cache", None), "path", None)
+        kept = f"the answered calls are kept in {cache}: the same command continues from there" if cache else \
+            "no reply cache was set, so a new run asks every call again"
+        print(f"vcap annotate: {stop.args[0]}: stopped after {done} of {total} records' fields; nothing was written "
+              f"to {out}; {kept}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + stop.signum) from None
     counts["judge_calls"] = getattr(backend, "calls", 0)
     filled = sum(counts[f"{f}_filled"] for f in fields)
     if total and not filled:  # every call failed: nothing to write, and the exit status says so
@@ -93,8 +94,33 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
                            f"({backend.describe().get('base_url', backend.name)}); failed calls are asked again "
                            "when you run it again")
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_made_by(out, {"judge": backend.describe(), "input": str(Path(input).resolve()),
+                        "input_sha256": file_sha256(Path(input)), "fields": list(fields), "overwrite": overwrite},
+                  about_run(counts=counts))
     report(counts, failed, out, dict(getattr(backend, "answered_by", {})))
+    lock.release()
     return counts
+
+
+def fill(records: list[dict], todo: dict[str, list[int]], backend, batch_size: int, counts: dict[str, int],
+         failed: list[str]) -> None:
+    """Ask the judge for each field of each record in ``todo``, batch by batch, with a progress bar."""
+    extract = {"events": backend.extract_events, "structure": backend.extract_structure}
+    with Progress(TextColumn("annotate {task.fields[field]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True)) as progress:
+        task = progress.add_task("annotate", total=sum(len(v) for v in todo.values()), field="")
+        for f, indices in todo.items():
+            progress.update(task, field=f)
+            for start in range(0, len(indices), batch_size):
+                idx = indices[start:start + batch_size]
+                for i, result in zip(idx, extract[f]([records[i]["caption"] for i in idx])):
+                    if result.items is None:
+                        counts[f"{f}_failed"] += 1
+                        failed.append(f"{records[i].get('id', records[i].get('video', i))}: {f}: {result.error}")
+                    else:
+                        records[i][f] = result.items
+                        counts[f"{f}_filled"] += 1
+                progress.advance(task, len(idx))
 
 
 def report(counts: dict[str, int], failed: list[str], out: Path | None, answered_by: dict[str, int] | None = None

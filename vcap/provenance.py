@@ -142,6 +142,37 @@ class OutputFolder:
             self._lock = None
 
 
+def lock_output(path: Path, flag: str):
+    """A held lock on one output file (``.<name>.lock`` beside it), or one line naming the run that holds it."""
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FolderInUseError(f"{path} is being written by another vcap run (its lock {lock.lock_file} is held): "
+                               f"wait for that run to end, or pass another {flag}") from None
+    return lock
+
+
+def made_by_path(output: Path) -> Path:
+    return output.with_name(f"{output.name}.made_by.json")
+
+
+def write_made_by(output: Path, key: dict, about: dict | None = None) -> Path:
+    """``<output>.made_by.json``: what made a single output file."""
+    return write_json(made_by_path(output), {"key": key, "about": about or {}})
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def vcap_version() -> str:
     try:
         from importlib.metadata import version

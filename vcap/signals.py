@@ -50,3 +50,27 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+
+
+@contextmanager
+def raising_on_signals() -> Iterator[None]:
+    """For commands without a trainer (``vcap annotate``): Ctrl-C and SIGTERM raise ``Interrupted`` at once, or
+    within a quarter second inside a judge wait (which polls ``requested()``); the caller says what was kept."""
+    request(None)
+
+    def handler(signum: int, frame) -> None:
+        request(signum)
+        if not polling() and not in_finalizer(frame):
+            raise Interrupted(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: Python's own handling stays
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+        request(None)

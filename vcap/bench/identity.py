@@ -12,7 +12,7 @@ from typing import Any
 
 from vcap.provenance import about_run, digest, model_fingerprint
 
-NOT_IN_KEY = ("limit",)  # settings that choose which samples run, not how a caption is made
+VIDEO_SETTINGS = ("fps", "nframes", "max_frames", "min_pixels", "max_pixels")
 
 
 def _get(hparams: Any, name: str, default: Any = None) -> Any:
@@ -20,10 +20,12 @@ def _get(hparams: Any, name: str, default: Any = None) -> Any:
 
 
 def caption_key(module, datamodule) -> dict:
-    """The key of ``made_by.json`` for the captions ``module`` makes of ``datamodule``'s benchmark."""
+    """The key of ``made_by.json`` for the captions ``module`` makes of ``datamodule``'s videos (a benchmark's,
+    or ``vcap predict``'s)."""
     hp, dp = module.hparams, datamodule.hparams
     peft = getattr(module, "peft_config", None)
-    evaluator = datamodule.evaluator
+    video = {k: _get(dp, k) for k in VIDEO_SETTINGS}
+    video["frame_sampling"] = getattr(datamodule, "frame_sampling", "uniform")
     return {
         "model": str(_get(hp, "name_or_path")),
         "weights": model_fingerprint(module.model),
@@ -33,8 +35,8 @@ def caption_key(module, datamodule) -> dict:
         "decoding": {"mode": "greedy", "max_new_tokens": _get(hp, "max_new_tokens"),
                      "generation_kwargs": dict(_get(hp, "generation_kwargs") or {})},
         "prompt": {"prompt": _get(dp, "prompt"), "system_prompt": _get(dp, "system_prompt")},
-        "video": {k: v for k, v in evaluator.settings.items() if k not in NOT_IN_KEY},
-        "bench": evaluator.bench,
+        "video": video,
+        "bench": getattr(datamodule, "bench", None),
     }
 
 
