@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -25,8 +26,38 @@ LANGUAGE_MODEL_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# model folders a shipped recipe reads but only another one writes: name_or_path -> the command that writes it
+RECIPE_EXPORTS = {
+    "runs/sft-stage1": ("vcap fit --config configs/demo/sft.yaml --model.init_args.export_dir runs/sft-stage1",
+                        "stage 1 of the demo warm start; configs/demo/sft_human.yaml, stage 2, starts from it"),
+}
+
+
 class ModelNotFoundError(RuntimeError):
     pass
+
+
+def missing_local_model(name_or_path: str) -> str | None:
+    """``'<path> does not exist ...; <what writes it>'`` when ``name_or_path`` means a local folder that is not
+    there, else None (it exists, or it reads as a hub id). One ``/`` looks like a hub id (``Qwen/Qwen2-VL-7B``), but
+    a name whose first part is a folder here (``runs/`` of ``runs/sft-stage1``), or that a shipped recipe exports
+    (``RECIPE_EXPORTS``), is a path in this working directory: advice to ``hf download`` it would mislead."""
+    local = Path(name_or_path).expanduser()
+    if not name_or_path or local.exists():
+        return None
+    first = name_or_path.split("/", 1)[0]
+    explicit = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    under_folder = "/" in name_or_path and bool(first) and Path(first).is_dir()
+    made_by = RECIPE_EXPORTS.get(os.path.normpath(name_or_path))
+    if not (explicit or under_folder or made_by):
+        return None
+    why = f" ({first}/ is a folder here, so this is a local path, not a hub id)" if under_folder and not explicit else ""
+    if made_by:
+        how = f"`{made_by[0]}` writes it ({made_by[1]})"
+    else:
+        how = (f"a run with --model.init_args.export_dir {name_or_path} writes it; or give a saved model folder "
+               f"(config.json, weights, processor files), a hub id, or an embedded name: {sorted(EMBEDDED)}")
+    return f"{name_or_path} does not exist{why}; {how}"
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -45,12 +76,11 @@ def resolve_model_path(name_or_path: str) -> str:
 
 def _not_found(name_or_path: str, err: Exception) -> ModelNotFoundError:
     local = Path(name_or_path).expanduser()
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    missing = missing_local_model(name_or_path)
+    if missing:  # a local folder that is not there: the loader's own error (about the hub) is beside the point
+        return ModelNotFoundError(f"cannot load model: the local folder {missing}")
     if local.exists():
         hint = f"the local directory {local} exists but could not be loaded; it needs config.json, weights and processor files"
-    elif looks_local:
-        hint = (f"the local directory {local} does not exist; point --model.init_args.name_or_path at a saved model "
-                f"(config.json, weights, processor files), a hub id, or an embedded name: {sorted(EMBEDDED)}")
     else:
         hint = ("set --model.init_args.name_or_path to a local directory (with config.json, weights and processor files) "
                 "or a Hugging Face hub id such as Qwen/Qwen2-VL-7B-Instruct. Offline machines need the files first: "
