@@ -77,8 +77,10 @@ def test_fit_with_credentials_in_the_judge_url_runs_and_prints_no_password(tmp_p
         out = vcap(*args, cwd=tmp_path)
         assert server.requests and all(h["authorization"] == basic("user", "secret") for h in server.headers)
     assert "secret" not in out.stdout + out.stderr
-    for name in ("metrics.csv",):
-        assert "secret" not in (tmp_path / "runs/demo-grpo/version_0" / name).read_text()
+    assert "secret" not in (tmp_path / "runs/demo-grpo/version_0/metrics.csv").read_text()
+    cache = (tmp_path / "judge_cache.sqlite").read_bytes()  # who answered each cached reply: masked
+    assert b"secret" not in cache and b"user:***@127.0.0.1" in cache
+    # (config.yaml, hparams.yaml and checkpoints keep the option as given: README, "Judges")
 
 
 def test_a_proxy_html_page_is_a_failed_judgment_named_by_its_content_type(tmp_path):
@@ -109,3 +111,11 @@ def test_an_html_reply_in_the_caption_reward_is_a_counted_failure_not_a_score(on
     assert out.components["caption"].isnan().all()  # n/a in the logged means, not 0
     assert out.failures == [(0, "caption: judge failed: NotAChatReply: judge reply was not JSON (text/html: "
                                  "'<html> <head><title>502 Bad Gateway</title></head> <body><h1')")]
+
+
+def test_a_dead_judge_with_credentials_is_refused_with_the_password_masked(user_error_in_process, tmp_path):
+    url = with_credentials(free_port_url())
+    (line,) = user_error_in_process(*judged_demo(tmp_path / "shapes", url))
+    assert line == (f"the judge at {masked(url)} is not reachable ([Errno 111] Connection refused): start the "
+                    "server, or point model.init_args.reward_options.caption.judge_options.base_url at one that runs")
+    assert "user:***@127.0.0.1" in line
