@@ -113,9 +113,10 @@ def test_an_html_reply_in_the_caption_reward_is_a_counted_failure_not_a_score(on
                                  "'<html> <head><title>502 Bad Gateway</title></head> <body><h1')")]
 
 
-def test_a_dead_judge_with_credentials_is_refused_with_the_password_masked(user_error_in_process, tmp_path):
+def test_a_dead_judge_with_credentials_is_refused_with_the_password_masked(user_error_in_process, tmp_path_factory):
     url = with_credentials(free_port_url())
-    (line,) = user_error_in_process(*judged_demo(tmp_path / "shapes", url))
+    shapes = tmp_path_factory.mktemp("shapes")  # outside the folder that must stay untouched
+    (line,) = user_error_in_process(*judged_demo(shapes, url))
     assert line == (f"the judge at {masked(url)} is not reachable ([Errno 111] Connection refused): start the "
                     "server, or point model.init_args.reward_options.caption.judge_options.base_url at one that runs")
     assert "user:***@127.0.0.1" in line
