@@ -10,7 +10,9 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar
 from rich.console import Console
+from rich.progress import ProgressColumn
 from rich.table import Table
+from rich.text import Text
 
 from vcap.textfiles import write_json
 
@@ -32,6 +34,8 @@ class ValidationReport(L.Callback):
         if trainer.sanity_checking:
             return
         metrics = {k[len(self.prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)}
+        if not metrics:  # a benchmark (--bench) prints its own table and writes results.json: no empty table here
+            return
         if getattr(trainer, "pre_fit_validation", False):
             label = "start"
         elif trainer.state.fn == "fit":
@@ -112,8 +116,54 @@ class JsonlPredictionWriter(BasePredictionWriter):
         Console().print(f"predictions written to [bold]{self.output}[/bold]")
 
 
+class RateColumn(ProgressColumn):
+    """Batches per second, or seconds per batch when a batch takes longer than a second. Rich's speed needs two
+    updates within its window; before that (a one-batch validation, the first batch after a resume) the rate is the
+    batches done since the bar appeared over its elapsed time, and '-' while there are none."""
+
+    def __init__(self, style):
+        self.style = style
+        super().__init__()
+
+    def render(self, task) -> Text:
+        rate = task.speed
+        done = task.completed - task.fields.get("resumed_at", 0)
+        if rate is None and done > 0 and task.elapsed:
+            rate = done / task.elapsed
+        if not rate:
+            return Text("-", style=self.style)
+        return Text(f"{rate:.2f}it/s" if rate >= 1 else f"{1 / rate:.2f}s/it", style=self.style)
+
+
 class VcapProgressBar(RichProgressBar):
-    """Rich progress bar that says "Epoch 0" (not "Epoch 0/-2") when training is bounded by max_steps."""
+    """Rich progress bar that says "Epoch 0" (not "Epoch 0/-2") when training is bounded by max_steps, counts a
+    resumed epoch's batches out of the epoch's total, and shows a rate from the first batch (``RateColumn``)."""
+
+    def configure_columns(self, trainer) -> list:
+        columns = super().configure_columns(trainer)
+        return [RateColumn(self.theme.processing_speed) if type(c).__name__ == "ProcessingSpeedColumn" else c
+                for c in columns]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        """A mid-epoch resume calls no epoch start: Lightning would make the bar after the first batch, its total
+        the steps left after it (``6/1``, ``3/0``). Here it starts before that batch, at the batches of the epoch
+        done before the resume, out of those plus the steps left."""
+        if self.is_disabled or self.train_progress_bar_id is not None or self.progress is None:
+            return
+        total = trainer.num_training_batches
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total = min(total, batch_idx + trainer.max_steps - trainer.global_step)
+        description = self._get_train_description(trainer.current_epoch)
+        if self.theme.description:
+            description = f"[{self.theme.description}]{description}"
+        self.train_progress_bar_id = self.progress.add_task(description, total=total, completed=batch_idx,
+                                                            resumed_at=batch_idx)
+        self.refresh()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self.progress is not None and self.train_progress_bar_id is not None:  # the next epoch starts at 0
+            self.progress.update(self.train_progress_bar_id, resumed_at=0)
 
     def _get_train_description(self, current_epoch: int) -> str:
         max_epochs = self.trainer.max_epochs

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vcap.errors import UsageError
+from vcap.errors import UsageError, did_you_mean
 
 # Set by ``--bench`` for the official benchmarks, so that forgetting the model fails instead of scoring a toy.
 MODEL_NOT_SET = "<set --model.init_args.name_or_path>"
@@ -59,6 +59,52 @@ def accelerator_problem(accelerator: Any) -> str | None:
                 "--trainer.accelerator cpu to run on the CPU (practical for the tiny demo models only)")
     if name == "mps" and not torch.backends.mps.is_available():
         return "trainer.accelerator is 'mps' but MPS is not available here; pass --trainer.accelerator cpu"
+    return None
+
+
+def _strategy_name(strategy: Any) -> tuple[str, type | None]:
+    """``--trainer.strategy`` as the user wrote it ('fsdp', or the class name of a class_path) and its class."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if isinstance(strategy, str):  # the registry's class, not an instance (DeepSpeed's would import deepspeed)
+        return strategy, StrategyRegistry[strategy.lower()]["strategy"] if strategy.lower() in StrategyRegistry else None
+    if isinstance(strategy, type):
+        return strategy.__name__, strategy
+    cls = _class_or_none(strategy) if _get(strategy, "class_path") else type(strategy)
+    return (cls.__name__ if isinstance(cls, type) else str(strategy)), cls
+
+
+def strategy_problem(strategy: Any, accelerator: Any) -> str | None:
+    """Strategies Lightning or torch refuse on the accelerator given (Lightning finds out only once the model is
+    built and a judge cache opened; torch only when the first process group starts)."""
+    import torch
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+
+    if strategy is None or (isinstance(strategy, str) and strategy.lower() == "auto"):
+        return None
+    name, cls = _strategy_name(strategy)
+    if isinstance(strategy, str) and cls is None:
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        return (f"--trainer.strategy {strategy}: not a strategy name{did_you_mean(strategy.lower(), list(StrategyRegistry))}"
+                "; valid: auto, ddp, ddp_spawn, fsdp, deepspeed and the rest of Lightning's StrategyRegistry (a "
+                "strategy class with options goes in a config as class_path, as in configs/grpo_fsdp.yaml)")
+    acc = accelerator.lower() if isinstance(accelerator, str) else "gpu" if "CUDA" in type(accelerator).__name__ \
+        else str(_get(accelerator, "class_path", accelerator))
+    gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+    flags = f"--trainer.strategy {name} with --trainer.accelerator {acc}"
+    if isinstance(cls, type) and issubclass(cls, FSDPStrategy) and acc not in ("gpu", "cuda") and "CUDA" not in acc:
+        return (f"{flags}: Lightning's FSDP needs CUDA GPUs and trainer.accelerator set to gpu (auto is refused); "
+                "pass --trainer.accelerator gpu on a GPU machine, or --trainer.strategy ddp (or auto) to run on the "
+                "CPU")
+    if isinstance(cls, type) and issubclass(cls, DeepSpeedStrategy) and not gpu:
+        return (f"{flags}: DeepSpeed runs on CUDA GPUs only; pass --trainer.accelerator gpu on a GPU machine, or "
+                "--trainer.strategy ddp (or auto) to run on the CPU")
+    backend = _get(strategy, "init_args.process_group_backend") if not isinstance(strategy, str) else None
+    if isinstance(cls, type) and issubclass(cls, DDPStrategy) and str(backend).lower() == "nccl" and not gpu:
+        return (f"{flags}: process_group_backend 'nccl' needs CUDA GPUs; set "
+                "--trainer.strategy.init_args.process_group_backend gloo to run on the CPU, or pass "
+                "--trainer.accelerator gpu on a GPU machine")
     return None
 
 
@@ -230,7 +276,9 @@ def preflight(subcommand: str, cfg: Any) -> None:
     model_cfg = _get(cfg, "model")
     data_cfg = _get(cfg, "data")
     problems = option_problems(model_cfg, data_cfg)
-    problems += [p for p in (accelerator_problem(_get(cfg, "trainer.accelerator")),
+    accelerator = _get(cfg, "trainer.accelerator")
+    problems += [p for p in (accelerator_problem(accelerator),
+                             strategy_problem(_get(cfg, "trainer.strategy"), accelerator),
                              model_problem(_get(model_cfg, "init_args.name_or_path") if model_cfg else None),
                              ckpt_problem(_get(cfg, "ckpt_path"))) if p]
     builds = getattr(_class_or_none(data_cfg), "builds_inputs", False)

@@ -47,6 +47,24 @@ NOISY_WARNINGS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Python warnings shown once per run, whatever code emits them (a message repeated from two lines of the same
+# library is one warning to the user): (message regex, why once is enough).
+ONCE_WARNINGS: tuple[tuple[str, str], ...] = (
+    (r"This DataLoader will create \d+ worker processes", "torch checks the worker count when a loader is made and "
+     "again when it is iterated, from two lines of its code; the advice is the same"),
+)
+_said: set[str] = set()  # messages of ``warn_once`` already logged in this run
+
+
+def warn_once(logger: logging.Logger, message: str, *args) -> None:
+    """Log a warning once per run: the CLI's checks (``vcap.preflight``) and the run itself read the same inputs,
+    and each would otherwise say the same thing about them."""
+    text = message % args if args else message
+    if text not in _said:
+        _said.add(text)
+        logger.warning(text)
+
+
 def debug_enabled() -> bool:
     """``--debug`` / ``VCAP_DEBUG=1`` (the CLI sets the variable, so DataLoader workers see it too)."""
     return os.environ.get("VCAP_DEBUG", "").lower() not in ("", "0", "false", "no")
@@ -96,10 +114,13 @@ class NoiseFilter(logging.Filter):
 def silence_warnings() -> None:
     for message, _why in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    for message, _why in ONCE_WARNINGS:
+        warnings.filterwarnings("once", message=message)
 
 
 def setup_logging(debug: bool = False) -> None:
     """vcap INFO and everyone's WARNING through one rich handler on stderr; noise filtered unless ``debug``."""
+    _said.clear()  # a new run (an in-process caller may run several) says its warnings again
     handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
     if not debug:
         handler.addFilter(NoiseFilter())

@@ -33,6 +33,12 @@ def _first(callbacks: list, kind: type):
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
+def _can_validate(datamodule: LightningDataModule | None, val_dataloaders: Any) -> bool:
+    """False when the data module has no validation records: fit then trains without validation, as it warns."""
+    has_validation = getattr(datamodule, "has_validation", None)
+    return val_dataloaders is not None or has_validation is None or has_validation()
+
+
 class VcapTrainer(Trainer):
     """Lightning's Trainer plus a validation report, a progress bar and optional validation before fit.
 
@@ -41,7 +47,9 @@ class VcapTrainer(Trainer):
 
     Args:
         validate_before_fit: validate the starting model before training, so the report shows it
-            beside the trained one (skipped when resuming from a checkpoint).
+            beside the trained one (skipped when resuming from a checkpoint, or when the data has no validation
+            split). Lightning's sanity check would repeat it, so it is then skipped unless
+            ``num_sanity_val_steps`` is set.
         callbacks: Lightning callbacks, e.g. ModelCheckpoint (vcap adds its validation report and progress bar).
     """
 
@@ -65,6 +73,7 @@ class VcapTrainer(Trainer):
         self._logger_connector.__class__ = GlobalStepLoggerConnector  # same state, one method changed
         self.validate_before_fit = validate_before_fit
         self.pre_fit_validation = False
+        self.sanity_steps_set = kwargs.get("num_sanity_val_steps") is not None  # by the user: kept as given
 
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
             datamodule: LightningDataModule | None = None, ckpt_path: str | Path | None = None,
@@ -80,12 +89,16 @@ class VcapTrainer(Trainer):
                 self.continue_run(read_info(ckpt_path))
                 # the run's own checkpoint folder is meant to be reused when resuming
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-            if self.validate_before_fit and ckpt_path is None:
+            if not _can_validate(datamodule, val_dataloaders):
+                self.limit_val_batches = 0  # no validation split: no val loop (nor Lightning's empty-loader warning)
+            elif self.validate_before_fit and ckpt_path is None:
                 self.pre_fit_validation = True
                 try:
                     self.validate(model, dataloaders=val_dataloaders, datamodule=datamodule, verbose=False)
                 finally:
                     self.pre_fit_validation = False
+                if not self.sanity_steps_set:  # Lightning's sanity check would run the same validation again
+                    self.num_sanity_val_steps = 0
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
     def continue_run(self, info) -> None:

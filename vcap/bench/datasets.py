@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vcap.bench import schema
 from vcap.bench.vdc_prompts import VDC_PROMPTS
+from vcap.quiet import warn_once
 
 log = logging.getLogger(__name__)
 DETAIL_PROMPT = "Describe the video in detail."
@@ -94,8 +95,8 @@ def load_dream1k(annotations: str | Path, video_dir: str | Path, limit: int | No
         records.append({"id": key, "video": str(video_dir / video), "source": source, "reference": reference,
                         "events": events, "prompt": DETAIL_PROMPT})
     if duplicates:
-        log.warning("dream1k: %d duplicate (dataset, idx) records skipped, as the official reader does: %s",
-                    len(duplicates), ", ".join(duplicates[:5]))
+        warn_once(log, "dream1k: %d duplicate (dataset, idx) records skipped, as the official reader does: %s",
+                  len(duplicates), ", ".join(duplicates[:5]))
     if notes is not None:
         notes["duplicate_records_skipped"] = duplicates
     records = records[:limit] if limit else records

@@ -16,6 +16,7 @@ from vcap.data.video import BadVideoError, FrameSampling, decode_clip, video_pro
 from vcap.errors import UsageError
 from vcap.options import data_option_problems
 from vcap.model.families import QWEN2_VL, ModelFamily, family_for
+from vcap.quiet import warn_once
 from vcap.prompts import DEFAULT_PROMPT, SYSTEM_PROMPT, build_messages
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class CaptionDataModule(L.LightningDataModule):
         for name in STAGE_DATASETS[stage]:
             records = self.load_records(name)
             if not records and stage == "fit" and name == "validate":
-                log.warning("no validation records (split 'val'): training without validation")
+                warn_once(log, "no validation records (split 'val'): training without validation")
                 continue
             if not records:
                 split = {"fit": "'train' (the default)", "validate": "'val'"}.get(name, "")
