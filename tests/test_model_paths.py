@@ -9,9 +9,6 @@ from tests.test_cli import ROOT, user_error_in_process  # noqa: F401  (fixture)
 from vcap.model.loading import RECIPE_EXPORTS, ModelNotFoundError, load_policy, load_processor, missing_local_model
 
 STAGE_1 = "vcap fit --config configs/demo/sft.yaml --model.init_args.export_dir runs/sft-stage1"
-# until vcap/preflight.py's model_problem asks missing_local_model (its owner's change), fit stops there first
-PREFLIGHT = pytest.mark.xfail(strict=True, reason="vcap/preflight.py model_problem must return "
-                              "f'{flag} {missing_local_model(name_or_path)}' before hub_model_problem")
 
 
 def test_the_stage_one_command_is_the_one_the_recipes_name():
@@ -50,7 +47,6 @@ def test_loading_a_missing_local_folder_says_so_not_hf_download(tmp_path, monkey
         load_policy("nobody/not-a-model-xyz")  # a hub id still gets the download advice
 
 
-@PREFLIGHT
 def test_fit_on_a_missing_folder_under_runs_says_the_folder_is_missing(user_error_in_process, tmp_path):
     (tmp_path / "runs").mkdir()
     (line,) = user_error_in_process("fit", "--config", ROOT / "configs/demo.yaml",
@@ -61,7 +57,6 @@ def test_fit_on_a_missing_folder_under_runs_says_the_folder_is_missing(user_erro
     assert "hf download" not in line
 
 
-@PREFLIGHT
 def test_sft_human_without_stage_one_names_the_command_that_exports_it(user_error_in_process):
     (line,) = user_error_in_process("fit", "--config", ROOT / "configs/demo/sft_human.yaml")
     assert line == (f"--model.init_args.name_or_path runs/sft-stage1 does not exist; `{STAGE_1}` writes it (stage 1 "

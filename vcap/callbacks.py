@@ -96,16 +96,29 @@ def _cell(value: float | None) -> str:
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
-    """Appends each predicted batch to ``output`` as JSON lines (one per video)."""
+    """Appends each predicted batch to ``output`` as JSON lines (one per video); ``<output>.made_by.json`` names
+    the model, its weights' fingerprint and the settings, and a lock keeps a second run from writing there too."""
 
     def __init__(self, output: str = "predictions.jsonl"):
         super().__init__(write_interval="batch")
         self.output = Path(output)
+        self.lock = None
 
     def on_predict_start(self, trainer, pl_module) -> None:
+        from vcap.bench.identity import caption_key
+        from vcap.provenance import about_run, lock_output, write_made_by
+
         self.output.parent.mkdir(parents=True, exist_ok=True)
         if trainer.is_global_zero:
+            self.lock = self.lock or lock_output(self.output, "--output")
             self.output.write_text("")
+            checkpoint = str(trainer.ckpt_path) if trainer.ckpt_path else None
+            write_made_by(self.output, caption_key(pl_module, trainer.datamodule), about_run(checkpoint=checkpoint))
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         with open(self.output, "a") as f:

@@ -110,7 +110,7 @@ def strategy_problem(strategy: Any, accelerator: Any) -> str | None:
 
 def model_problem(name_or_path: Any) -> str | None:
     """Is ``name_or_path`` loadable: an embedded name, a saved model folder, or a hub id we have or can fetch?"""
-    from vcap.model.loading import ASSETS, EMBEDDED
+    from vcap.model.loading import ASSETS, EMBEDDED, missing_local_model
     from vcap.model.tiny import TINY_NAME
 
     flag = "--model.init_args.name_or_path"
@@ -135,6 +135,9 @@ def model_problem(name_or_path: Any) -> str | None:
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
         return (f"{flag} {name_or_path}: no such folder; give a saved model folder, a hub id such as "
                 f"Qwen/Qwen2-VL-7B-Instruct, or an embedded name ({', '.join(sorted(EMBEDDED))})")
+    missing = missing_local_model(name_or_path)  # 'runs/sft-stage1' when runs/ is a folder here: a path, not a hub id
+    if missing:
+        return f"{flag} {missing}"
     return hub_model_problem(name_or_path, flag)
 
 
