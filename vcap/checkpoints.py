@@ -5,13 +5,22 @@ in the middle leaves a truncated ``epoch=0-step=2.ckpt`` that looks like any oth
 vcap's default, writes ``.<name>.tmp`` next to it, flushes it to the disk and renames it over the final name:
 a checkpoint file either is whole or does not exist. A write that fails stops the run with one line; the
 checkpoints written before it are untouched.
+
+Every checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain data load, and of other Python
+objects only the few types vcap's own checkpoints hold (``SAFE_TYPES``); anything else (a pickle planted under a run
+folder, whose loading would run its code) is refused in one line naming the file. ``--weights_only false`` is the
+user's explicit, logged choice for a checkpoint of another program that they trust.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
+import pickle
+import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +39,64 @@ class CheckpointWriteError(ServiceError):
 
 class CheckpointReadError(UsageError):
     """A checkpoint file that is not whole (truncated by a full disk or a kill while an older version wrote it)."""
+
+
+class CheckpointRefusedError(CheckpointReadError):
+    """A checkpoint holding Python objects that ``weights_only=True`` does not load: loading them could run code."""
+
+
+# The non-tensor types of vcap's own checkpoints. Through the CLI, hyperparameters are plain data (the config as
+# written); a module or data module built in Python keeps what it was given: pathlib paths and a peft LoraConfig
+# (its runtime config and PeftType enum inside). Found by loading real checkpoints with weights_only=True.
+SAFE_TYPES = ("pathlib.PosixPath", "peft.tuners.lora.config.LoraConfig", "peft.tuners.lora.config.LoraRuntimeConfig",
+              "peft.utils.peft_types.PeftType")
+
+
+def safe_types() -> list[type]:
+    """``SAFE_TYPES`` as classes (peft imported only when a checkpoint is read)."""
+    found = []
+    for name in SAFE_TYPES:
+        module, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):  # another peft version: its configs are refused like anything else
+            log.debug("safe checkpoint type %s not importable", name)
+    return found
+
+
+@contextlib.contextmanager
+def safe_loading():
+    """``torch.load(weights_only=True)`` inside accepts ``SAFE_TYPES`` besides tensors and plain data."""
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: the allow-list is process-wide
+        torch.serialization.add_safe_globals(safe_types())
+        yield
+        return
+    with torch.serialization.safe_globals(safe_types()):
+        yield
+
+
+def refused(path: str | Path, err: BaseException) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    what = found[1] if found else (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+    return (f"--ckpt_path {path}: refused to load: it holds Python objects that are not plain data ({what}); vcap "
+            "loads checkpoints with weights_only=True, which runs no code from the file: delete it unless you wrote "
+            "it, or, for a checkpoint of another program you trust, pass --weights_only false")
+
+
+def warn_unsafe(path: str | Path) -> None:
+    log.warning("--weights_only false: %s is unpickled with full Python, so any code it holds runs", path)
+
+
+def load(source: str | Path, path: str | Path | None = None, weights_only: bool = True, **kwargs: Any) -> Any:
+    """``torch.load`` of a checkpoint file with the safe loader (``path``: the name the user gave, for messages)."""
+    if not weights_only:
+        warn_unsafe(path or source)
+        return torch.load(source, weights_only=False, **kwargs)
+    try:
+        with safe_loading():
+            return torch.load(source, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise CheckpointRefusedError(refused(path or source, err)) from None
 
 
 def _is_local(path: str | Path) -> bool:
@@ -67,10 +134,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = True) -> dict[str, Any]:
+        """Lightning's load with ``weights_only=True`` and ``SAFE_TYPES`` (None means True here); only an
+        explicit ``False`` unpickles arbitrary objects, and says so."""
         kwargs = {} if map_location is None else {"map_location": map_location}
+        if weights_only is False:
+            warn_unsafe(path)
         try:
-            return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+            with safe_loading():
+                return super().load_checkpoint(path, weights_only=weights_only is not False, **kwargs)
+        except pickle.UnpicklingError as err:
+            raise CheckpointRefusedError(refused(path, err)) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
             if "PytorchStreamReader" not in str(err) and not isinstance(err, (EOFError, zipfile.BadZipFile)):
                 raise
@@ -123,22 +197,28 @@ class CheckpointInfo:
     path: Path
     global_step: int
     log_dir: Path | None  # the run folder that wrote it (vcap stores it; else inferred from <run>/checkpoints/)
+    hparams: dict[str, Any] = field(default_factory=dict)  # the model's saved hyperparameters (the config of its run)
 
 
-def read_info(path: str | Path) -> CheckpointInfo:
-    """Step and run folder of a checkpoint, without reading its tensors (memory-mapped)."""
+def read_info(path: str | Path, weights_only: bool = True) -> CheckpointInfo:
+    """Step, run folder and model hyperparameters of a checkpoint, without reading its tensors (memory-mapped);
+    with the safe loader, so a file holding other objects is refused before anything else reads it."""
     path = Path(path)
     problem = checkpoint_problem(path)
     if problem:
         raise CheckpointReadError(problem)
     try:  # a sharded checkpoint folder (FSDP) keeps the non-tensor state in meta.pt
         source = path / "meta.pt" if path.is_dir() else path
-        state = torch.load(source, map_location="cpu", mmap=not path.is_dir(), weights_only=False)
+        state = load(source, path, weights_only, map_location="cpu", mmap=not path.is_dir())
+    except CheckpointRefusedError:
+        raise
     except Exception as err:  # a checkpoint of another program or torch version: let Lightning's loader say more
         log.debug("could not read %s ahead of Lightning: %s", path, err)
         return CheckpointInfo(path, 0, _inferred_log_dir(path))
     stored = state.get("vcap_log_dir")
-    return CheckpointInfo(path, int(state.get("global_step", 0)), Path(stored) if stored else _inferred_log_dir(path))
+    hparams = state.get("hyper_parameters")
+    return CheckpointInfo(path, int(state.get("global_step", 0)), Path(stored) if stored else _inferred_log_dir(path),
+                          dict(hparams) if isinstance(hparams, dict) else {})
 
 
 def _inferred_log_dir(path: Path) -> Path | None:

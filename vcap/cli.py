@@ -20,7 +20,8 @@ from lightning.pytorch.cli import LightningCLI
 from vcap.errors import ServiceError, UsageError, one_line, simplify_parser_message, user_error_types
 from vcap.preflight import MODEL_NOT_SET, PreflightError, preflight
 from vcap.quiet import debug_enabled, setup_logging
-from vcap.checkpoints import CheckpointReadError, checkpoint_problem
+from vcap.checkpoints import read_info
+from vcap.ckpt_options import change_problems, model_options
 from vcap.leaf_options import apply_leaves, split_leaf_flags
 from vcap.resume import resolve_last
 from vcap.trainer import VcapTrainer  # noqa: F401  (vcap.cli.VcapTrainer is what vcap compare and users import)
@@ -56,9 +57,17 @@ class VcapCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         from jsonargparse import ArgumentError
+        from jsonargparse._actions import _ActionPrintConfig
 
         try:
-            super().parse_arguments(parser, args)
+            if not self.leaf_flags:
+                return super().parse_arguments(parser, args)
+            # --print_config prints while parsing, before the dotted flags into mappings are set: print afterwards
+            with _ActionPrintConfig.skip_print_config():
+                super().parse_arguments(parser, args)
+            if _ActionPrintConfig.is_print_config_requested(parser):
+                apply_leaves(self.config[self.config.subcommand], self.leaf_flags)
+                _ActionPrintConfig.print_config_if_requested(parser, self.config)
         except ArgumentError as err:
             argv = sys.argv[1:] if args is None else list(args)
             sub = next((a for a in argv if a in self._subcommand_parsers), None)
@@ -74,17 +83,26 @@ class VcapCLI(LightningCLI):
         preflight(self.subcommand, config)
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads a checkpoint's hyperparameters here, before any check: ``fit --ckpt_path last``
-        becomes the newest last checkpoint of the run (continued in its own folder), and a checkpoint file that
-        is not whole is one line instead of a PytorchStreamReader traceback."""
+        """Lightning puts a checkpoint's saved hyperparameters over the model options given now; vcap keeps the
+        options given now and only refuses a change of those the checkpoint fixes (vcap.ckpt_options), before
+        anything loads. ``fit --ckpt_path last`` becomes the newest checkpoint of the run (continued in its own
+        folder); a file that is not whole, or holds objects the safe loader refuses, is one line."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         ckpt_path = config.get("ckpt_path") if config is not None else None
+        if not ckpt_path:
+            return
+        weights_only = config.get("weights_only") is not False
         if subcommand == "fit" and str(ckpt_path) == "last":
-            resolve_last(config)
-        elif ckpt_path and Path(str(ckpt_path)).is_file() and (problem := checkpoint_problem(ckpt_path)):
-            raise CheckpointReadError(problem)
-        super()._parse_ckpt_path()
+            info = resolve_last(config, weights_only)
+            shown = info.path
+        elif Path(str(ckpt_path)).exists():
+            info, shown = read_info(ckpt_path, weights_only), ckpt_path
+        else:
+            return  # 'best', a remote path or a missing file: preflight names the problem
+        problems = change_problems(shown, subcommand, info.hparams, model_options(config.get("model")))
+        if problems:
+            raise PreflightError(problems)
 
     def instantiate_classes(self) -> None:
         try:

@@ -11,6 +11,7 @@ from peft import PeftConfig
 
 from vcap.bench.distributed import finish_benchmark
 from vcap.bench.identity import open_outputs
+from vcap.ckpt_options import use_current_optimizer_options
 from vcap.distributed import (all_reduce_gradients, check_strategy_support, share_of_global_counts,
                               take_over_ddp_gradient_sync)
 from vcap.errors import UsageError
@@ -271,6 +272,10 @@ class CaptionPolicyModule(L.LightningModule):
     # -- data parallelism (manual optimization) ---------------------------------------------------
     def on_train_start(self) -> None:
         self.samples_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: all ranks
+        if self.trainer.ckpt_path is not None:  # resumed: the optimizer options given now, not the checkpoint's
+            use_current_optimizer_options(self.trainer.optimizers,
+                                          [c.scheduler for c in self.trainer.lr_scheduler_configs],
+                                          self.hparams.learning_rate, self.hparams.weight_decay)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_step(self.run_seed, self.global_step, self.global_rank)  # a resumed step draws what it drew before

@@ -25,7 +25,6 @@ NOISE: tuple[str, ...] = (
     r"Skipping publisher trust check for 'kernels-community/",
     r"(GPU|TPU|HPU) available: ",  # Lightning's hardware inventory; vcap logs the device it uses
     r"Seed set to \d+",
-    r"`weights_only` was not set, defaulting to `False`",  # Lightning loading vcap's own checkpoint
 )
 
 # Python warnings: (message regex, why it is harmless).

@@ -1,7 +1,9 @@
 """``--ckpt_path last`` and what a resumed run keeps of the run it continues.
 
-``last`` is the newest ``last*.ckpt`` among the run folders of the configured logger
-(``<save_dir>/<name>/version_*/checkpoints/``) and every ``ModelCheckpoint`` folder set in the config. The logger's
+``last`` is the checkpoint of the highest global step in the folder of the newest ``last*.ckpt`` among the run
+folders of the configured logger (``<save_dir>/<name>/version_*/checkpoints/``) and every ``ModelCheckpoint`` folder
+set in the config: after a kill, ``last.ckpt`` can lag the newest ``epoch=...-step=N.ckpt``, and resuming from it
+would compute step N again and write it beside the first as ``-v1``. The logger's
 version is then set to the folder that wrote it, so the run continues there: one folder, one ``metrics.csv``, one
 ``validation.json`` and one set of curves. None found is one line naming the folders searched.
 
@@ -76,9 +78,22 @@ def newest_last_checkpoint(trainer_cfg: Any) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def resolve_last(cfg: Any) -> CheckpointInfo:
-    """Point ``cfg.ckpt_path`` at the newest ``last`` checkpoint and the logger at the folder that wrote it."""
-    info = read_info(newest_last_checkpoint(_get(cfg, "trainer")))
+def newest_by_step(last: Path, weights_only: bool = True) -> CheckpointInfo:
+    """The checkpoint of the highest global step in ``last``'s folder (``last`` on a tie), read by the safe loader;
+    only those of the same run (a ``dirpath`` shared by several runs holds others)."""
+    newest = read_info(last, weights_only)
+    for path in sorted(last.parent.glob("*.ckpt")):
+        if path.name == last.name:
+            continue
+        info = read_info(path, weights_only)
+        if info.global_step > newest.global_step and info.log_dir == newest.log_dir:
+            newest = info
+    return newest
+
+
+def resolve_last(cfg: Any, weights_only: bool = True) -> CheckpointInfo:
+    """Point ``cfg.ckpt_path`` at the run's newest checkpoint and the logger at the folder that wrote it."""
+    info = newest_by_step(newest_last_checkpoint(_get(cfg, "trainer")), weights_only)
     cfg.ckpt_path = str(info.path.resolve())
     continue_in(cfg, info)
     return info

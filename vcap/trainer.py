@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 
 from vcap.callbacks import JsonlPredictionWriter, ValidationReport, VcapProgressBar
-from vcap.checkpoints import AtomicCheckpointIO, read_info
+from vcap.checkpoints import AtomicCheckpointIO, read_info, safe_loading
 from vcap.interrupts import InterruptCheckpoint
 from vcap.plots import TrainingCurves
 from vcap.resume import earlier_validations, keep_metrics, keep_samples
@@ -77,16 +77,18 @@ class VcapTrainer(Trainer):
 
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
             datamodule: LightningDataModule | None = None, ckpt_path: str | Path | None = None,
-            weights_only: bool | None = None) -> None:
+            weights_only: bool = True) -> None:
         """Train the model (GRPO or SFT, by --model), validating every val_check_interval steps.
 
         Args:
             ckpt_path: checkpoint to resume from: a path, or 'last' for the newest of this run's checkpoints.
-            weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
+            weights_only: true (default): load the checkpoint with torch.load(weights_only=True), which refuses
+                Python objects other than vcap's own (a planted pickle runs no code); false: unpickle anything
+                (only for a trusted checkpoint of another program; logged).
         """
-        with self.interrupts.watching(), warnings.catch_warnings():
+        with self.interrupts.watching(), warnings.catch_warnings(), safe_loading():
             if ckpt_path is not None and Path(str(ckpt_path)).exists():
-                self.continue_run(read_info(ckpt_path))
+                self.continue_run(read_info(ckpt_path, weights_only is not False))
                 # the run's own checkpoint folder is meant to be reused when resuming
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             if not _can_validate(datamodule, val_dataloaders):
@@ -99,7 +101,7 @@ class VcapTrainer(Trainer):
                     self.pre_fit_validation = False
                 if not self.sanity_steps_set:  # Lightning's sanity check would run the same validation again
                     self.num_sanity_val_steps = 0
-            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only is not False)
 
     def continue_run(self, info) -> None:
         """Resuming into the run folder that wrote the checkpoint: keep its metrics rows, validations and samples
@@ -119,44 +121,52 @@ class VcapTrainer(Trainer):
 
     def validate(self, model: LightningModule | None = None, dataloaders: Any = None,
                  ckpt_path: str | Path | None = None, verbose: bool = False,
-                 datamodule: LightningDataModule | None = None, weights_only: bool | None = None):
+                 datamodule: LightningDataModule | None = None, weights_only: bool = True):
         """Evaluate the model on the validation split, or on a benchmark with --bench NAME.
 
         Args:
             ckpt_path: checkpoint whose weights are evaluated (default: the model as loaded).
             verbose: also print Lightning's table of logged metrics (vcap's own table is always printed).
-            weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
+            weights_only: true (default): load the checkpoint with torch.load(weights_only=True), which refuses
+                Python objects other than vcap's own (a planted pickle runs no code); false: unpickle anything
+                (only for a trusted checkpoint of another program; logged).
         """
+        safe = weights_only is not False
         if self.pre_fit_validation:  # inside fit: already watched
-            return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
-        with self.interrupts.watching():
-            return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+            return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, safe)
+        with self.interrupts.watching(), safe_loading():
+            return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, safe)
 
     def test(self, model: LightningModule | None = None, dataloaders: Any = None,
              ckpt_path: str | Path | None = None, verbose: bool = False,
-             datamodule: LightningDataModule | None = None, weights_only: bool | None = None):
+             datamodule: LightningDataModule | None = None, weights_only: bool = True):
         """Same as validate (vcap data modules hold no separate test split).
 
         Args:
             ckpt_path: checkpoint whose weights are evaluated (default: the model as loaded).
             verbose: also print Lightning's table of logged metrics (vcap's own table is always printed).
-            weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
+            weights_only: true (default): load the checkpoint with torch.load(weights_only=True), which refuses
+                Python objects other than vcap's own (a planted pickle runs no code); false: unpickle anything
+                (only for a trusted checkpoint of another program; logged).
         """
-        with self.interrupts.watching():
-            return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+        with self.interrupts.watching(), safe_loading():
+            return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only is not False)
 
     def predict(self, model: LightningModule | None = None, dataloaders: Any = None,
                 datamodule: LightningDataModule | None = None, return_predictions: bool | None = False,
-                ckpt_path: str | Path | None = None, weights_only: bool | None = None,
+                ckpt_path: str | Path | None = None, weights_only: bool = True,
                 output: str = "predictions.jsonl"):
         """Caption videos (--data.init_args.predict_videos) and write think + answer as JSON lines.
 
         Args:
             return_predictions: also keep every prediction in memory (off: they are streamed to ``output``).
             ckpt_path: checkpoint whose weights caption the videos (default: the model as loaded).
-            weights_only: load the checkpoint with torch.load(weights_only=...); None lets Lightning decide.
+            weights_only: true (default): load the checkpoint with torch.load(weights_only=True), which refuses
+                Python objects other than vcap's own (a planted pickle runs no code); false: unpickle anything
+                (only for a trusted checkpoint of another program; logged).
             output: JSONL file for the captions (think + answer), one line per video.
         """
         self.callbacks.append(JsonlPredictionWriter(output))
-        with self.interrupts.watching():
-            return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+        with self.interrupts.watching(), safe_loading():
+            return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path,
+                                   weights_only is not False)
