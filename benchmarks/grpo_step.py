@@ -118,7 +118,8 @@ def run_step(model, opt, inputs, args, tokenizer, engine, counter: WorkCounter) 
     ``engine``: the vcap rollout engine (built once, so its graphs persist across steps), or None for the
     repeated layout."""
     from vcap.grpo.losses import group_advantages, grpo_loss
-    from vcap.grpo.rollout import chunked_logprobs, sample_completions, sequence_logprobs
+    from vcap.grpo.rollout import chunked_logprobs, sequence_logprobs
+    from vcap.grpo.engines import sample_completions
     from vcap.grpo.vision import encode_videos
 
     g, n_new, mb = args.num_generations, args.completion_length, args.micro_batch_size

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from tests.video_batches import prompt_batch
-from vcap.grpo.decode import (DecodeState, Sampling, choose_tokens, draw_noise, prefill_once_generate,
+from vcap.grpo.decode import (DecodeState, Sampling, choose_tokens, draw_noise,
                               processed_scores)
-from vcap.grpo.rollout import completion_mask, sample_completions, vision_token_ids
+from vcap.grpo.rollout import completion_mask, vision_token_ids
+from vcap.grpo.engines import sample_completions
+from vcap.grpo.graphs import prefill_once_generate
 from vcap.grpo.vision import encode_videos
 from vcap.model.loading import load_policy, load_processor
 

@@ -8,7 +8,7 @@ from peft import LoraConfig
 
 from vcap.data.datamodule import CaptionDataModule
 from vcap.grpo.module import GRPOModule
-from vcap.grpo.rollout import sample_completions
+from vcap.grpo.engines import sample_completions
 from vcap.model.loading import load_policy, load_processor
 from vcap.prompts import DEFAULT_PROMPT
 

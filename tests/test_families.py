@@ -9,7 +9,8 @@ from peft import LoraConfig
 
 from vcap.data.datamodule import CaptionDataModule
 from vcap.grpo.module import GRPOModule
-from vcap.grpo.rollout import chunked_logprobs, sample_completions
+from vcap.grpo.rollout import chunked_logprobs
+from vcap.grpo.engines import sample_completions
 from vcap.model.families import QWEN2_5_VL, QWEN2_VL, QWEN3_VL, family_for, family_of
 from vcap.model.loading import load_policy, load_processor
 

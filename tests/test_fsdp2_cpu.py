@@ -23,7 +23,8 @@ def free_port() -> int:
 
 
 def rollout_and_step(model, inputs, eos, pad):
-    from vcap.grpo.rollout import sample_completions, token_logprobs
+    from vcap.grpo.rollout import token_logprobs
+    from vcap.grpo.engines import sample_completions
 
     rollout = sample_completions(model, inputs, 1, 6, eos, pad, do_sample=False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -135,7 +136,7 @@ def test_fsdp_export_equals_the_single_process_export(tmp_path, tiny_path, shape
     import json
 
     from vcap.data.datamodule import CaptionDataModule
-    from vcap.grpo.rollout import sample_completions
+    from vcap.grpo.engines import sample_completions
     from vcap.model.loading import load_policy, load_processor
 
     data = CaptionDataModule(manifest=str(shapes_manifest), processor=str(tiny_path), batch_size=4, num_workers=0,

@@ -14,7 +14,8 @@ from tests.video_batches import UNEQUAL, prompt_batch
 from vcap.grpo.decode import Sampling, decode_step, draw_noise
 from vcap.grpo.engines import HFEngine, VcapEngine
 from vcap.grpo.graphs import DecodeRunner
-from vcap.grpo.rollout import sample_completions, token_logprobs, vision_token_ids
+from vcap.grpo.rollout import token_logprobs, vision_token_ids
+from vcap.grpo.engines import sample_completions
 from vcap.grpo.vision import encode_videos
 from vcap.model.loading import load_policy, load_processor
 

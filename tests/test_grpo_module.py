@@ -9,7 +9,8 @@ from peft import LoraConfig
 
 from vcap.data.datamodule import CaptionDataModule
 from vcap.grpo.module import GRPOModule
-from vcap.grpo.rollout import chunked_logprobs, sample_completions
+from vcap.grpo.rollout import chunked_logprobs
+from vcap.grpo.engines import sample_completions
 from vcap.model.loading import load_policy
 from vcap.seeding import base_seed, seed_step
 

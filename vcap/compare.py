@@ -52,7 +52,8 @@ class TrainClock(L.Callback):
 def _fit(config: str, seed: int, output: Path, name: str, clock: TrainClock) -> tuple[dict, dict]:
     """Fit one recipe in-process; returns (metrics before training or {}, metrics after) on its val set."""
     from vcap.callbacks import ValidationReport
-    from vcap.cli import VcapCLI, VcapTrainer
+    from vcap.cli_parser import VcapCLI
+    from vcap.trainer import VcapTrainer
     from vcap.data.datamodule import CaptionDataModule
     from vcap.policy import CaptionPolicyModule
 

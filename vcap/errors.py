@@ -17,14 +17,11 @@ class ServiceError(RuntimeError):
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "fix your input", wherever they are raised (imported lazily: heavy modules)."""
+    """Exception types that mean "fix your input": vcap's own all derive from ``UsageError`` (so this module imports
+    nothing of vcap), plus jsonargparse's parse errors (imported lazily: a heavy module)."""
     from jsonargparse import ArgumentError
 
-    from vcap.bench.datasets import BenchDataError
-    from vcap.data.video import BadVideoError
-    from vcap.model.loading import ModelNotFoundError
-
-    return UsageError, ArgumentError, BenchDataError, BadVideoError, ModelNotFoundError
+    return UsageError, ArgumentError
 
 
 # Extra advice for errors raised by code that does not know the CLI flag names.

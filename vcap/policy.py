@@ -15,7 +15,7 @@ from vcap.ckpt_options import use_current_optimizer_options
 from vcap.distributed import (all_reduce_gradients, check_strategy_support, share_of_global_counts,
                               take_over_ddp_gradient_sync)
 from vcap.errors import UsageError
-from vcap.grpo.rollout import sample_completions
+from vcap.grpo.engines import sample_completions
 from vcap.metrics import CaptionScore, ThinkF1
 from vcap.model.export import export_model
 from vcap.model.export_sharded import export_from_shards

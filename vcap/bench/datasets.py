@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 
 from vcap.bench import schema
+from vcap.errors import UsageError
 from vcap.bench.vdc_prompts import VDC_PROMPTS
 from vcap.quiet import warn_once
 
@@ -31,8 +32,8 @@ WHERE = {
 VDC_DIMENSIONS = ("camera", "short", "background", "main_object", "detailed")
 
 
-class BenchDataError(FileNotFoundError):
-    pass
+class BenchDataError(UsageError, FileNotFoundError):
+    """A benchmark annotation file or video folder that is not where the options say."""
 
 
 def _need(path: Path, what: str, bench: str) -> Path:

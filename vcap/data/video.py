@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vcap.errors import UsageError
+
 FRAME_FACTOR = 2  # Qwen2-VL packs 2 frames per temporal patch
 
 
-class BadVideoError(RuntimeError):
-    """A video that is missing, unreadable or empty; the message names the file."""
+class BadVideoError(UsageError, RuntimeError):
+    """A video that is missing, unreadable or empty; the message names the file (a RuntimeError too, as before)."""
 
 
 @dataclass(frozen=True)

@@ -224,21 +224,3 @@ def load_prompts(state: DecodeState, cache: StaticCache, prompt_cache, logits: t
         state.seen.scatter_(1, inputs["input_ids"].repeat_interleave(g, dim=0), True)  # padding too, as HF
     draw_noise(state, generator)
     choose_and_record(logits.repeat_interleave(g, dim=0), state, sampling)
-
-
-@torch.no_grad()
-def prefill_once_generate(model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
-                          eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                          do_sample: bool = True, video_features=None, suppress_tokens: list[int] | None = None,
-                          min_new_tokens: int = 0, generator: torch.Generator | None = None,
-                          repetition_penalty: float = 1.0, cache_len: int | None = None,
-                          stop_check_interval: int = 1) -> torch.Tensor:
-    """(B x G, T) completion ids, group by group, pad after each EOS; T <= max_new_tokens. The eager loop, with
-    buffers of its own (``vcap.grpo.graphs.DecodeRunner`` keeps them across rollouts and can replay a graph)."""
-    from vcap.grpo.graphs import DecodeRunner
-
-    sampling = Sampling(do_sample, temperature, top_p, min_new_tokens, repetition_penalty, pad_token_id)
-    runner = DecodeRunner(cuda_graph=False)
-    return runner.generate(model, inputs, num_generations, max_new_tokens, eos_token_ids, sampling,
-                           video_features=video_features, suppress_tokens=suppress_tokens, generator=generator,
-                           cache_len=cache_len, stop_check_interval=stop_check_interval)

@@ -13,66 +13,16 @@ placeholder tokens; ``sampling`` passes extra options (HF ``generate`` names, e.
 from __future__ import annotations
 
 import inspect
-import time
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 
-from vcap.distributed import full_parameters_for_generation, sharded_units
-from vcap.grpo.rollout import Rollout, completion_mask, vision_token_ids
+import vcap.grpo.vllm_engine  # noqa: F401  (registers 'vllm'; vllm itself is imported on the first rollout)
+from vcap.distributed import sharded_units
+from vcap.grpo.engine_base import ENGINES, RESERVED_SAMPLING, RolloutEngine  # noqa: F401  (importable from here too)
+from vcap.grpo.rollout import Rollout, repeat_inputs, select, vision_token_ids
 from vcap.grpo.vision import select_features
-from vcap.registry import Registry
-
-ENGINES = Registry("rollout engine")
-# what the rollout itself sets; ``sampling`` may not (top_k may: it overrides the HF engine's top_k=0)
-RESERVED_SAMPLING = ("temperature", "top_p", "do_sample", "max_new_tokens", "num_return_sequences", "eos_token_id",
-                     "pad_token_id", "suppress_tokens", "use_cache")
-
-
-class RolloutEngine:
-    """Samples G completions per prompt. Subclasses set ``supported_sampling`` (None: checked by ``generate``)."""
-
-    name = "base"
-    supported_sampling: frozenset[str] | None = frozenset()
-
-    def __init__(self, sampling: dict[str, Any] | None = None):
-        self.sampling = dict(sampling or {})
-        self.last_stats: dict[str, float] = {}  # of the latest rollout, logged as rollout/<name>
-        if self.supported_sampling is not None:
-            unsupported = sorted(set(self.sampling) - self.supported_sampling)
-            if unsupported:
-                raise ValueError(f"rollout engine {self.name!r} cannot honour sampling options {unsupported}; "
-                                 f"it supports {sorted(self.supported_sampling)} (engine 'hf' takes any "
-                                 "generate option)")
-
-    @torch.no_grad()
-    def generate(self, model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
-                 eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                 do_sample: bool = True, video_features=None, **context) -> Rollout:
-        """All prompts x G completions, group by group; ``video_features`` replace the pixels when given.
-        ``context`` carries what only some engines use (``processor``, ``weights_version``)."""
-        was_training = model.training
-        model.eval()
-        start = time.perf_counter()
-        try:
-            with full_parameters_for_generation(model):
-                ids = self.completion_ids(model, inputs, num_generations, max_new_tokens, eos_token_ids,
-                                          pad_token_id, temperature, top_p, do_sample, video_features, **context)
-        finally:
-            model.train(was_training)
-        mask = completion_mask(ids, eos_token_ids)
-        tokens, seconds = int(mask.sum()), time.perf_counter() - start  # the sum waits for the device
-        self.last_stats = {**self.last_stats, "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
-        return Rollout(inputs, num_generations, ids.masked_fill(mask == 0, pad_token_id), mask, video_features)
-
-    def completion_ids(self, model, inputs, num_generations, max_new_tokens, eos_token_ids, pad_token_id,
-                       temperature, top_p, do_sample, video_features, **context) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(sampling={self.sampling})"
-
 
 @ENGINES.register("hf")
 class HFEngine(RolloutEngine):
@@ -217,8 +167,6 @@ class VcapEngine(RolloutEngine):
 
 def pad_prompts(inputs: dict[str, torch.Tensor], video_features, size: int):
     """The batch padded to ``size`` prompts with copies of its last prompt (video and features included)."""
-    from vcap.grpo.rollout import repeat_inputs, select
-
     count = inputs["input_ids"].shape[0]
     extra = size - count
     if extra <= 0:
@@ -259,5 +207,14 @@ def engine_config(engine: RolloutEngine) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {n: getattr(engine, n) for n in names}}
 
 
-# the vLLM engine registers itself; importing it does not import vllm (that happens on its first rollout)
-import vcap.grpo.vllm_engine  # noqa: E402,F401
+def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
+                       eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
+                       do_sample: bool = True, video_features=None, engine="hf", **sampling) -> Rollout:
+    """All prompts x G completions in one batch; ``video_features`` replace the pixels when given.
+
+    ``engine``: a ``vcap.grpo.engines`` engine or its name ('hf': one ``generate(num_return_sequences=G)`` call;
+    'vcap': each prompt prefilled once, G copies decoded from its expanded cache); ``sampling`` are extra options
+    for an engine built from a name (e.g. ``min_new_tokens``).
+    """
+    return build_engine(engine, sampling).generate(model, inputs, num_generations, max_new_tokens, eos_token_ids,
+                                                   pad_token_id, temperature, top_p, do_sample, video_features)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from pathlib import Path
 from typing import Literal
 
 import torch

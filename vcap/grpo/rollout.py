@@ -71,21 +71,6 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> t
     return (~after_eos).long()
 
 
-def sample_completions(model, inputs: dict[str, torch.Tensor], num_generations: int, max_new_tokens: int,
-                       eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                       do_sample: bool = True, video_features=None, engine="hf", **sampling) -> Rollout:
-    """All prompts x G completions in one batch; ``video_features`` replace the pixels when given.
-
-    ``engine``: a ``vcap.grpo.engines`` engine or its name ('hf': one ``generate(num_return_sequences=G)`` call;
-    'vcap': each prompt prefilled once, G copies decoded from its expanded cache); ``sampling`` are extra options
-    for an engine built from a name (e.g. ``min_new_tokens``).
-    """
-    from vcap.grpo.engines import build_engine  # the engines build on this module
-
-    return build_engine(engine, sampling).generate(model, inputs, num_generations, max_new_tokens, eos_token_ids,
-                                                   pad_token_id, temperature, top_p, do_sample, video_features)
-
-
 def token_logprobs(model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,
                    mask: torch.Tensor, temperature: float = 1.0, video_features=None) -> torch.Tensor:
     """(N, C) log-probabilities of ``completion_ids`` after the prompts (one row each); only completion logits

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from vcap.distributed import clean_name, full_named_parameters, is_distributed
 from vcap.errors import UsageError
-from vcap.grpo.engines import ENGINES, RolloutEngine
+from vcap.grpo.engine_base import ENGINES, RolloutEngine
 from vcap.grpo.rollout import vision_token_ids
 from vcap.grpo.vision import core_model
 

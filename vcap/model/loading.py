@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from vcap.errors import UsageError
 from vcap.model.tiny import GEOMETRIES, ensure_tiny
 from vcap.model.tiny_families import TINY_FAMILY_NAMES, ensure_tiny_family
 
@@ -33,8 +34,8 @@ RECIPE_EXPORTS = {
 }
 
 
-class ModelNotFoundError(RuntimeError):
-    pass
+class ModelNotFoundError(UsageError, RuntimeError):
+    """A model that is neither a local folder, an embedded tiny model nor in the hub cache (offline)."""
 
 
 def missing_local_model(name_or_path: str) -> str | None:
