@@ -35,7 +35,7 @@ grpo_lora_merge  vcap/grpo/lora_merge.py tests/test_graph_decode.py tests/test_l
 grpo_engines     vcap/grpo/engines.py    tests/test_engines.py tests/test_graph_decode.py tests/test_decode.py tests/test_engine_options.py
 grpo_vllm_engine vcap/grpo/vllm_engine.py tests/test_engines.py tests/test_vllm_adapter.py
 grpo_module      vcap/grpo/module.py     tests/test_grpo_module.py~ tests/test_grpo_step_reference.py
-distributed      vcap/distributed.py     tests/test_distributed.py~ tests/test_distributed_reference.py
+distributed      vcap/training/distributed.py     tests/test_distributed.py~ tests/test_distributed_reference.py
 rewards_base     vcap/rewards/base.py    tests/test_rewards.py tests/test_reward_values.py
 rewards_caption  vcap/rewards/caption.py tests/test_rewards.py tests/test_reward_values.py
 rewards_cnscore  vcap/rewards/cnscore.py tests/test_openai_judge.py tests/test_reward_values.py
@@ -44,7 +44,7 @@ rewards_matching vcap/rewards/matching.py tests/test_matching.py tests/test_rewa
 rewards_parsing  vcap/rewards/parsing.py tests/test_rewards.py tests/test_reward_values.py tests/test_parsing_values.py
 rewards_think    vcap/rewards/think.py   tests/test_rewards.py tests/test_matching.py tests/test_reward_values.py tests/test_think_scorer.py
 bench_scoring    vcap/bench/scoring.py   tests/test_bench_scoring.py tests/test_bench_scoring_values.py
-sft              vcap/sft.py             tests/test_sft.py~ tests/test_sft_loss.py
+sft              vcap/methods/sft.py             tests/test_sft.py~ tests/test_sft_loss.py
 "
 
 if [[ "${1:-}" == "--list" ]]; then

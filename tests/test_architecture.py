@@ -109,3 +109,61 @@ def test_vcap_has_no_import_circles():
 def test_error_classes_import_nothing_of_vcap(module):
     graph = import_graph(ROOT / "vcap")
     assert graph[module] == set()
+
+
+FOUNDATION = ("vcap.errors", "vcap.registry", "vcap.textfiles", "vcap.provenance", "vcap.quiet", "vcap.signals",
+              "vcap.prompts", "vcap.options")
+# (importer, imported): a package on the left never imports one on the right (docs/architecture.md)
+FORBIDDEN = [
+    (FOUNDATION, ("vcap.",)),  # the foundation imports only itself (checked below with that exception)
+    (("vcap.",), ("vcap.cli",)),  # only the command line imports the command line
+    (("vcap.training",), ("vcap.methods", "vcap.grpo", "vcap.bench.datamodule", "vcap.bench.callback")),
+    (("vcap.methods",), ("vcap.grpo.module",)),
+    (("vcap.rewards", "vcap.judges", "vcap.data", "vcap.model"),
+     ("vcap.methods", "vcap.grpo", "vcap.bench", "vcap.training")),
+    (("vcap.grpo",), ("vcap.bench",)),
+]
+
+
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p if p.endswith(".") else p + ".") for p in prefixes)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for importers, imported in FORBIDDEN:
+        for module, targets in sorted(graph.items()):
+            if not _under(module, importers):
+                continue
+            for target in sorted(targets):
+                if importers == FOUNDATION and _under(target, FOUNDATION):
+                    continue
+                if importers == ("vcap.",) and _under(module, imported):
+                    continue  # the command line imports itself
+                if _under(target, imported):
+                    found.append(f"{module} -> {target}")
+    return found
+
+
+def test_layer_rules_by_hand():
+    graph = {"vcap.errors": set(), "vcap.textfiles": {"vcap.errors"}, "vcap.quiet": {"vcap.training.trainer"},
+             "vcap.cli.parser": {"vcap.cli.preflight"}, "vcap.data.manifest": {"vcap.cli.preflight"},
+             "vcap.training.trainer": {"vcap.methods.policy"}}
+    assert layer_violations(graph) == ["vcap.quiet -> vcap.training.trainer",
+                                       "vcap.data.manifest -> vcap.cli.preflight",
+                                       "vcap.training.trainer -> vcap.methods.policy"]
+
+
+def test_vcap_keeps_its_layers():
+    assert layer_violations(import_graph(ROOT / "vcap")) == []
+
+
+def test_no_package_holds_more_than_about_ten_modules_or_a_module_over_about_400_lines():
+    root_modules = sorted(p.stem for p in (ROOT / "vcap").glob("*.py") if p.name != "__init__.py")
+    assert len(root_modules) <= 10, root_modules  # the root holds the foundation only
+    for package in [ROOT / "vcap", *(p for p in (ROOT / "vcap").iterdir() if (p / "__init__.py").exists())]:
+        modules = [p for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+        assert len(modules) <= 15, f"{package.relative_to(ROOT)} holds {len(modules)} modules"
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "vcap").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 450}
+    assert not long, long

@@ -93,4 +93,4 @@ def test_short_class_names(parsed):
     assert seen["config"]["data"]["class_path"] == "vcap.data.datamodule.ShapesDataModule"
     seen = parsed("fit", "--model", "SFTModule", "--data", "BenchDataModule", "--data.init_args.bench", "vdc",
                   "--data.init_args.annotations", "a", "--data.init_args.video_dir", "v")
-    assert seen["config"]["model"]["class_path"] == "vcap.sft.SFTModule"
+    assert seen["config"]["model"]["class_path"] == "vcap.methods.sft.SFTModule"

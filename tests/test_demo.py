@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from vcap.compare import TrainClock, summarize
+from vcap.cli.compare import TrainClock, summarize
 from vcap.data.synthetic import DIRECTION_MENTION, EXTRA_MENTION, SIZE_MENTION, VAGUE_MOTION, describe, sample_specs
-from vcap.plots import TrainingCurves, moving_average
-from vcap.sft import SFTModule
+from vcap.training.plots import TrainingCurves, moving_average
+from vcap.methods.sft import SFTModule
 
 from tests.test_cli import ROOT, vcap
 
@@ -124,7 +124,7 @@ def test_summarize_mean_and_std_by_hand():
 def test_compare_config_names_recipes_that_exist():
     from jsonargparse import ArgumentParser
 
-    from vcap.compare import compare
+    from vcap.cli.compare import compare
 
     parser = ArgumentParser()
     parser.add_argument("--config", action="config")

@@ -19,7 +19,7 @@ import torch
 
 from tests.reference import assert_close, global_norm
 from tests.step_probe import rollout_stats, run_step
-from vcap import distributed
+from vcap.training import distributed
 
 ROOT = Path(__file__).resolve().parent.parent
 

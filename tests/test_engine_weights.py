@@ -31,7 +31,7 @@ def test_one_grpo_step_trains_only_the_trainable_weights(tmp_path, tiny_path, sh
 
 
 def test_qlora_under_a_sharding_strategy_is_refused_in_one_line():
-    from vcap.distributed import check_strategy_support
+    from vcap.training.distributed import check_strategy_support
     from vcap.errors import UsageError
 
     for strategy in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy"):

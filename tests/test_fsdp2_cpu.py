@@ -101,7 +101,7 @@ def trained_module(tiny: str, lora: bool, inputs, sharded: bool):
     """The policy module (full fine-tuning or LoRA) after one AdamW step on ``inputs``."""
     from peft import LoraConfig
 
-    from vcap.policy import CaptionPolicyModule
+    from vcap.methods.policy import CaptionPolicyModule
 
     torch.manual_seed(0)
     peft = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False) if lora else None
@@ -228,7 +228,7 @@ def test_fsdp_vcap_engine_ranks_whose_completions_end_at_different_steps(tmp_pat
 
 def perturbed_module(tiny: str):
     """The policy module with its language model's matrices re-drawn from a seed: weights no checkpoint has."""
-    from vcap.policy import CaptionPolicyModule
+    from vcap.methods.policy import CaptionPolicyModule
 
     module = CaptionPolicyModule(name_or_path=tiny)
     module.configure_model()

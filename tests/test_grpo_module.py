@@ -12,7 +12,7 @@ from vcap.grpo.module import GRPOModule
 from vcap.grpo.rollout import chunked_logprobs
 from vcap.grpo.engines import sample_completions
 from vcap.model.loading import load_policy
-from vcap.seeding import base_seed, seed_step
+from vcap.training.seeding import base_seed, seed_step
 
 REWARDS = {"tests.helpers:LengthReward": 1.0, "format": 1.0}
 

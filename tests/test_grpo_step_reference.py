@@ -186,7 +186,7 @@ def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path, monkeypatch):
 def test_a_step_whose_whole_batch_was_skipped_logs_nothing_else_and_the_bad_epoch_says_why(tmp_path):
     """The no-data branch of training_step (it still joins the ranks' metric exchange with the skip count); an
     epoch without a single decodable video then stops with one line naming the cause."""
-    from vcap.policy import AllVideosBadError
+    from vcap.methods.policy import AllVideosBadError
 
     skipped = [{"video": "p8.mp4", "error": "moov atom not found"}, {"video": "p9.mp4", "error": "no frames"}]
     with pytest.raises(AllVideosBadError, match=r"^no training video could be decoded in epoch 0 \(2 skipped, e\.g\. "

@@ -1,7 +1,7 @@
 """ThinkF1 and CaptionScore: values by hand, AutoDQ edge cases, and sum states that merge like DDP."""
 import pytest
 
-from vcap.metrics import CaptionScore, ThinkF1
+from vcap.methods.metrics import CaptionScore, ThinkF1
 from vcap.rewards.parsing import Subject
 
 GT = [Subject("circle", ["red", "small"], ["moves left"])]

@@ -6,8 +6,8 @@ from huggingface_hub import constants
 from huggingface_hub.errors import RepositoryNotFoundError
 from jsonargparse import Namespace
 
-from vcap import preflight
-from vcap.preflight import accelerator_problem, ckpt_problem, model_problem, required_fields
+from vcap.cli import preflight
+from vcap.cli.preflight import accelerator_problem, ckpt_problem, model_problem, required_fields
 
 
 def test_accelerator(monkeypatch):
@@ -68,7 +68,7 @@ def test_checkpoint(tmp_path):
     ("vcap.grpo.module.GRPOModule", {}, "fit", {"structure", "events"}),
     ("vcap.grpo.module.GRPOModule", {"rewards": {"format": 1.0}}, "fit", set()),
     ("vcap.grpo.module.GRPOModule", {"rewards": {"format": 1.0, "cnscore": 1.0}}, "fit", {"caption"}),
-    ("vcap.sft.SFTModule", {}, "fit", {"structure", "caption"}),
+    ("vcap.methods.sft.SFTModule", {}, "fit", {"structure", "caption"}),
 ])
 def test_required_fields_follow_the_recipe(class_path, init_args, subcommand, expected):
     fields = required_fields(Namespace(class_path=class_path, init_args=Namespace(**init_args)), subcommand)

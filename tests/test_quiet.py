@@ -17,7 +17,7 @@ def test_noise_filter_drops_listed_messages_only():
                                                              "kernels-community: No module named 'kernels'. "
                                                              "Please make sure you already `pip install kernels`"))
     assert not keep(record("lightning.pytorch.utilities.rank_zero", "GPU available: False, used: False"))
-    assert keep(record("vcap.policy", "policy vcap-tiny: 330,240 trainable / 330,240 parameters", logging.INFO))
+    assert keep(record("vcap.methods.policy", "policy vcap-tiny: 330,240 trainable / 330,240 parameters", logging.INFO))
     assert keep(record("lightning.pytorch.utilities.rank_zero", "Restoring states from the checkpoint path at x"))
     assert keep(record("bitsandbytes", "CUDA out of memory while quantizing"))
     malformed = logging.LogRecord("x", logging.WARNING, __file__, 1, "needs %s %s", ("one arg",), None)

@@ -14,7 +14,7 @@ import yaml
 
 from tests.judge_server import ScriptedServer, scripted_judge
 from tests.test_cli import ROOT, small_shapes, user_error_in_process, vcap  # noqa: F401  (fixture)
-from vcap.ckpt_options import FIT_FROZEN, change_problems, frozen_changes, model_options
+from vcap.training.ckpt_options import FIT_FROZEN, change_problems, frozen_changes, model_options
 
 RUN = Path("runs/demo-grpo/version_0")
 LORA = {"class_path": "peft.LoraConfig", "init_args": {"task_type": "CAUSAL_LM", "r": 64, "lora_alpha": 128,
@@ -66,9 +66,9 @@ def test_frozen_changes_compare_only_what_fixes_the_model():
                   "_class_path": "GRPOModule"}  # the short class name is the same class
     assert frozen_changes(saved, same_model, FIT_FROZEN) == []
     other = {**saved, "name_or_path": "vcap-demo", "peft": LORA, "freeze_vision": True,
-             "_class_path": "vcap.sft.SFTModule"}
+             "_class_path": "vcap.methods.sft.SFTModule"}
     assert frozen_changes(saved, other, FIT_FROZEN) == [
-        ("_class_path", "vcap.grpo.module.GRPOModule", "vcap.sft.SFTModule"),
+        ("_class_path", "vcap.grpo.module.GRPOModule", "vcap.methods.sft.SFTModule"),
         ("name_or_path", "vcap-tiny-sft", "vcap-demo"), ("peft", None, LORA), ("freeze_vision", False, True)]
     # validate/predict: the weights must fit the model; the class and trainable set may differ
     assert [k for k, *_ in frozen_changes(saved, other, ("name_or_path", "peft"))] == ["name_or_path", "peft"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.test_cli import ROOT, small_shapes, user_error_in_process  # noqa: F401  (fixture)
-from vcap.checkpoints import AtomicCheckpointIO, CheckpointRefusedError, read_info
-from vcap.trainer import VcapTrainer
+from vcap.training.checkpoints import AtomicCheckpointIO, CheckpointRefusedError, read_info
+from vcap.training.trainer import VcapTrainer
 
 RUN = pathlib.Path("runs/demo-grpo/version_0")
 

@@ -3,7 +3,7 @@ import lightning as L
 import pytest
 
 from vcap.data.datamodule import CaptionDataModule
-from vcap.sft import SFTModule
+from vcap.methods.sft import SFTModule
 
 
 class LossHistory(L.Callback):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tests.reference import assert_close, single_prompt
 from tests.step_probe import prompt_batch
-from vcap.sft import SFTModule
+from vcap.methods.sft import SFTModule
 
 MODEL = "vcap-tiny-sft"
 STRUCTURES = [[{"subject": "circle", "attributes": ["red"], "actions": ["moves left"]}],

@@ -164,7 +164,7 @@ def fsdp_worker(rank: int, port: int, workdir: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     from tests.video_batches import prompt_batch
-    from vcap.distributed import full_parameters_for_generation
+    from vcap.training.distributed import full_parameters_for_generation
     from vcap.grpo.engines import HFEngine
     from vcap.grpo.rollout import token_logprobs
     from vcap.grpo.vision import encode_videos

@@ -91,7 +91,7 @@ def _subclass_names(base_path: str) -> list[str]:
     return sorted(seen)
 
 
-BASES = {"model": "vcap.policy.CaptionPolicyModule", "data": "vcap.data.datamodule.CaptionDataModule"}
+BASES = {"model": "vcap.methods.policy.CaptionPolicyModule", "data": "vcap.data.datamodule.CaptionDataModule"}
 
 
 def simplify_parser_message(text: str, options: list[str] | None = None) -> str:

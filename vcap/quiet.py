@@ -56,7 +56,7 @@ _said: set[str] = set()  # messages of ``warn_once`` already logged in this run
 
 
 def warn_once(logger: logging.Logger, message: str, *args) -> None:
-    """Log a warning once per run: the CLI's checks (``vcap.preflight``) and the run itself read the same inputs,
+    """Log a warning once per run: the CLI's checks (``vcap.cli.preflight``) and the run itself read the same inputs,
     and each would otherwise say the same thing about them."""
     text = message % args if args else message
     if text not in _said:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-from vcap.distributed import is_distributed
+from vcap.training.distributed import is_distributed
 
 
 def finish_benchmark(evaluator, records: list[dict], model: str) -> dict[str, float]:

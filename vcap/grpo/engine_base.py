@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from vcap.distributed import full_parameters_for_generation
+from vcap.training.distributed import full_parameters_for_generation
 from vcap.grpo.rollout import Rollout, completion_mask
 from vcap.registry import Registry
 

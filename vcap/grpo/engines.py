@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 import vcap.grpo.vllm_engine  # noqa: F401  (registers 'vllm'; vllm itself is imported on the first rollout)
-from vcap.distributed import sharded_units
+from vcap.training.distributed import sharded_units
 from vcap.grpo.engine_base import ENGINES, RESERVED_SAMPLING, RolloutEngine  # noqa: F401  (importable from here too)
 from vcap.grpo.rollout import Rollout, repeat_inputs, select, vision_token_ids
 from vcap.grpo.vision import select_features

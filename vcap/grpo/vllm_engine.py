@@ -11,7 +11,7 @@
 * Vision placeholder tokens are excluded through ``allowed_token_ids`` (vLLM masks the rest to -inf).
 * Under DDP/FSDP every rank runs its own engine (tensor parallel 1) on its own device, inside the training job's
   process group (vLLM's ``external_launcher``), and pushes its own weights: under FSDP gathered one FSDP unit at a
-  time (``vcap.distributed.full_named_parameters``), under DDP they are already identical.
+  time (``vcap.training.distributed.full_named_parameters``), under DDP they are already identical.
 * Each prompt is sampled with its own seed, from (engine seed, optimizer step, rank, position in the rank's batch):
   ranks never share a seed, a run is reproducible, and a prompt's completions do not depend on which other
   prompts share the batch.
@@ -28,7 +28,7 @@ import torch
 
 import torch.distributed as dist
 
-from vcap.distributed import clean_name, full_named_parameters, is_distributed
+from vcap.training.distributed import clean_name, full_named_parameters, is_distributed
 from vcap.errors import UsageError
 from vcap.grpo.engine_base import ENGINES, RolloutEngine
 from vcap.grpo.rollout import vision_token_ids

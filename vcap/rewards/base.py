@@ -35,6 +35,10 @@ class RewardOutput:
     # RewardSet only: (N,) bool, some reward's score is n/a (failed or no reference): the total is left out of
     # logged means of the total reward (validation), like a failed judgment
     unscored: torch.Tensor | None = None
+    # RewardSet only: reward name -> its (N,) float ``scores`` before weighting, exactly what the weighted sum
+    # ``scores`` adds (0 where failed under on_failure: zero or no reference; never the components' NaN), for
+    # aggregations other than the plain sum (GRPOModule's reward_aggregation: normalize_then_sum)
+    scores_by: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Reward:
@@ -81,9 +85,11 @@ class RewardSet:
         components: dict[str, torch.Tensor] = {}
         failures: list[tuple[int, str]] = []
         no_reference: dict[str, torch.Tensor] = {}
+        scores_by: dict[str, torch.Tensor] = {}
         for name, reward in self.rewards.items():
             out = reward(parsed, samples)
-            total += self.weights[name] * out.scores.float()
+            scores_by[name] = out.scores.float()
+            total += self.weights[name] * scores_by[name]
             judged = out.failed if out.failed is not None else torch.zeros(n, dtype=torch.bool)
             unknown = judged.clone()
             if out.no_reference is not None:
@@ -98,4 +104,4 @@ class RewardSet:
             failed |= judged
             unscored |= unknown
         return RewardOutput(total, components, failures, excluded, failed, no_reference_by=no_reference,
-                            unscored=unscored)
+                            unscored=unscored, scores_by=scores_by)

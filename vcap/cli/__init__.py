@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vcap.cli_parser import VcapCLI  # noqa: F401  (vcap.cli.VcapCLI stays importable)
+from vcap.cli.parser import VcapCLI  # noqa: F401  (vcap.cli.VcapCLI stays importable)
 from vcap.errors import ServiceError, UsageError, one_line, simplify_parser_message, user_error_types
-from vcap.leaf_options import split_leaf_flags
-from vcap.preflight import MODEL_NOT_SET, PreflightError
+from vcap.cli.leaf_options import split_leaf_flags
+from vcap.cli.preflight import MODEL_NOT_SET, PreflightError
 from vcap.quiet import debug_enabled, setup_logging
-from vcap.trainer import VcapTrainer  # noqa: F401  (vcap.cli.VcapTrainer is what users import)
+from vcap.training.trainer import VcapTrainer  # noqa: F401  (vcap.cli.VcapTrainer is what users import)
 
-BENCH_DIR = Path(__file__).resolve().parent / "benches"
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benches"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Options people reach for that vcap configures elsewhere: the hint says where.
 OPTION_HINTS = {
@@ -82,7 +82,7 @@ def parser_kwargs() -> dict[str, Any]:
 def run_annotate(args: list[str]) -> None:
     from jsonargparse import CLI, ArgumentError
 
-    from vcap.annotate import annotate
+    from vcap.cli.annotate import annotate
 
     try:
         CLI(annotate, args=args, as_positional=False, exit_on_error=False, prog="vcap annotate")
@@ -96,14 +96,14 @@ def run(args: list[str], from_sys_argv: bool) -> None:
     if args[:1] == ["annotate"]:
         return run_annotate(args[1:])
     if args[:1] == ["compare"]:
-        from vcap.compare import main as compare_main
+        from vcap.cli.compare import main as compare_main
 
         return compare_main(args[1:])
     from vcap.bench.datamodule import BenchDataModule  # noqa: F401  (short names: --data BenchDataModule)
     from vcap.data.datamodule import CaptionDataModule, ShapesDataModule  # noqa: F401
     from vcap.grpo.module import GRPOModule  # noqa: F401  (short names: --model GRPOModule)
-    from vcap.policy import CaptionPolicyModule
-    from vcap.sft import SFTModule  # noqa: F401
+    from vcap.methods.policy import CaptionPolicyModule
+    from vcap.methods.sft import SFTModule  # noqa: F401
 
     expanded, leaves = split_leaf_flags(expand_bench(args))
     argv = None

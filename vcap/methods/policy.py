@@ -11,23 +11,23 @@ from peft import PeftConfig
 
 from vcap.bench.distributed import finish_benchmark
 from vcap.bench.identity import open_outputs
-from vcap.ckpt_options import use_current_optimizer_options
-from vcap.distributed import (all_reduce_gradients, check_strategy_support, share_of_global_counts,
+from vcap.training.ckpt_options import use_current_optimizer_options
+from vcap.training.distributed import (all_reduce_gradients, check_strategy_support, share_of_global_counts,
                               take_over_ddp_gradient_sync)
 from vcap.errors import UsageError
 from vcap.grpo.engines import sample_completions
-from vcap.metrics import CaptionScore, ThinkF1
+from vcap.methods.metrics import CaptionScore, ThinkF1
 from vcap.model.export import export_model
 from vcap.model.export_sharded import export_from_shards
 from vcap.model.loading import as_peft_config, count_parameters, load_policy, load_processor
 from vcap.model.memory_check import SHARDING_STRATEGIES, check_memory
 from vcap.model.precision import check_trainable_precision
 from vcap.options import model_option_problems
-from vcap.rank_metrics import FirstOccurrence, Tally, add_tallies, all_ranks, mean_of
+from vcap.training.rank_metrics import FirstOccurrence, Tally, add_tallies, all_ranks, mean_of
 from vcap.rewards import RewardSet, parse_completion
 from vcap.rewards.caption import sample_events
 from vcap.rewards.parsing import subjects_from_json
-from vcap.seeding import base_seed, seed_step
+from vcap.training.seeding import base_seed, seed_step
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class CaptionPolicyModule(L.LightningModule):
         seed_step(self.run_seed, self.global_step, self.global_rank)  # a resumed step draws what it drew before
         self.skipped_before_batch = self.skipped_videos
         # Lightning re-arms DDP's reducer after every step, so switch it off before each one;
-        # see vcap.distributed for why GRPO syncs its own gradients
+        # see vcap.training.distributed for why GRPO syncs its own gradients
         if not self.automatic_optimization:
             self.syncs_own_gradients = take_over_ddp_gradient_sync(self.trainer.strategy.model)
 
@@ -334,7 +334,7 @@ class CaptionPolicyModule(L.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
         else:
             checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("ref_model.")}
-        # the randomness of every step derives from the run's seed (vcap.seeding): keep it, not RNG states
+        # the randomness of every step derives from the run's seed (vcap.training.seeding): keep it, not RNG states
         interrupted = checkpoint.get("vcap_interrupted", False)  # the interrupted batch's skips are counted again
         checkpoint["vcap_run"] = {"seed": self.run_seed,
                                   "skipped_videos": self.skipped_before_batch if interrupted else self.skipped_videos}

@@ -6,8 +6,8 @@ from typing import Literal
 import torch
 
 from vcap.grpo.rollout import token_logprobs
-from vcap.policy import CaptionPolicyModule
-from vcap.rank_metrics import Tally, all_ranks
+from vcap.methods.policy import CaptionPolicyModule
+from vcap.training.rank_metrics import Tally, all_ranks
 from vcap.rewards.parsing import format_target, subjects_from_json
 
 

@@ -164,7 +164,7 @@ def hub_model_problem(repo_id: str, flag: str) -> str | None:
 
 
 def ckpt_problem(ckpt_path: Any) -> str | None:
-    from vcap.checkpoints import checkpoint_problem
+    from vcap.training.checkpoints import checkpoint_problem
 
     if not isinstance(ckpt_path, (str, Path)) or str(ckpt_path) in CKPT_KEYWORDS:
         return None
@@ -177,8 +177,8 @@ def ckpt_problem(ckpt_path: Any) -> str | None:
 
 def required_fields(model_cfg: Any, subcommand: str) -> dict[str, dict[str, str]]:
     """Manifest fields each data stage must have for this recipe: stage -> {field: who needs it}."""
-    from vcap.policy import DEFAULT_REWARDS, CaptionPolicyModule
-    from vcap.sft import SFTModule
+    from vcap.methods.policy import DEFAULT_REWARDS, CaptionPolicyModule
+    from vcap.methods.sft import SFTModule
 
     try:
         cls = import_class(model_cfg.class_path)
@@ -225,7 +225,7 @@ def option_problems(model_cfg: Any, data_cfg: Any) -> list[str]:
     """Numeric options out of range (vcap.options), for vcap's own model and data classes."""
     from vcap.data.datamodule import CaptionDataModule
     from vcap.options import data_option_problems, model_option_problems
-    from vcap.policy import CaptionPolicyModule
+    from vcap.methods.policy import CaptionPolicyModule
 
     problems = []
     for cfg, base, check in ((model_cfg, CaptionPolicyModule, model_option_problems),

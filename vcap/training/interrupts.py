@@ -23,7 +23,7 @@ from typing import Iterator
 import lightning as L
 
 from vcap import signals
-from vcap.checkpoints import CheckpointWriteError
+from vcap.training.checkpoints import CheckpointWriteError
 from vcap.errors import ServiceError
 
 log = logging.getLogger(__name__)

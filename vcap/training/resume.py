@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from vcap.checkpoints import CheckpointInfo, read_info
+from vcap.training.checkpoints import CheckpointInfo, read_info
 from vcap.errors import UsageError
 
 LAST_GLOB = "last*.ckpt"

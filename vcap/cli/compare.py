@@ -51,11 +51,11 @@ class TrainClock(L.Callback):
 
 def _fit(config: str, seed: int, output: Path, name: str, clock: TrainClock) -> tuple[dict, dict]:
     """Fit one recipe in-process; returns (metrics before training or {}, metrics after) on its val set."""
-    from vcap.callbacks import ValidationReport
-    from vcap.cli_parser import VcapCLI
-    from vcap.trainer import VcapTrainer
+    from vcap.training.callbacks import ValidationReport
+    from vcap.cli.parser import VcapCLI
+    from vcap.training.trainer import VcapTrainer
     from vcap.data.datamodule import CaptionDataModule
-    from vcap.policy import CaptionPolicyModule
+    from vcap.methods.policy import CaptionPolicyModule
 
     args = ["--config", config, "--seed_everything", str(seed),
             "--trainer.logger.init_args.save_dir", str(output), "--trainer.logger.init_args.name", name]

@@ -11,12 +11,12 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from vcap.checkpoints import read_info
-from vcap.ckpt_options import change_problems, model_options
+from vcap.training.checkpoints import read_info
+from vcap.training.ckpt_options import change_problems, model_options
 from vcap.errors import UsageError, one_line, simplify_parser_message, user_error_types
-from vcap.leaf_options import apply_leaves
-from vcap.preflight import PreflightError, preflight
-from vcap.resume import resolve_last
+from vcap.cli.leaf_options import apply_leaves
+from vcap.cli.preflight import PreflightError, preflight
+from vcap.training.resume import resolve_last
 
 ANNOTATE_HELP = "Fill missing events/structure of a manifest from its captions with a judge (vcap annotate --help)."
 COMPARE_HELP = "Warm start vs time-matched SFT-continued vs GRPO on the same held-out videos (vcap compare --help)."
@@ -24,7 +24,7 @@ COMPARE_HELP = "Warm start vs time-matched SFT-continued vs GRPO on the same hel
 
 class VcapCLI(LightningCLI):
     def __init__(self, *args: Any, leaf_flags: list | None = None, **kwargs: Any):
-        self.leaf_flags = leaf_flags or []  # dotted flags into mapping options (vcap.leaf_options)
+        self.leaf_flags = leaf_flags or []  # dotted flags into mapping options (vcap.cli.leaf_options)
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -68,7 +68,7 @@ class VcapCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning puts a checkpoint's saved hyperparameters over the model options given now; vcap keeps the
-        options given now and only refuses a change of those the checkpoint fixes (vcap.ckpt_options), before
+        options given now and only refuses a change of those the checkpoint fixes (vcap.training.ckpt_options), before
         anything loads. ``fit --ckpt_path last`` becomes the newest checkpoint of the run (continued in its own
         folder); a file that is not whole, or holds objects the safe loader refuses, is one line."""
         subcommand = self.config.get("subcommand")

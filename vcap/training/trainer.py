@@ -10,11 +10,11 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 
-from vcap.callbacks import JsonlPredictionWriter, ValidationReport, VcapProgressBar
-from vcap.checkpoints import AtomicCheckpointIO, read_info, safe_loading
-from vcap.interrupts import InterruptCheckpoint
-from vcap.plots import TrainingCurves
-from vcap.resume import earlier_validations, keep_metrics, keep_samples
+from vcap.training.callbacks import JsonlPredictionWriter, ValidationReport, VcapProgressBar
+from vcap.training.checkpoints import AtomicCheckpointIO, read_info, safe_loading
+from vcap.training.interrupts import InterruptCheckpoint
+from vcap.training.plots import TrainingCurves
+from vcap.training.resume import earlier_validations, keep_metrics, keep_samples
 
 
 class GlobalStepLoggerConnector(_LoggerConnector):

@@ -16,7 +16,7 @@ from typing import Iterable, NamedTuple
 import torch
 import torch.distributed as dist
 
-from vcap.distributed import is_distributed
+from vcap.training.distributed import is_distributed
 
 REDUCTIONS = ("mean", "sum", "max")
 
