@@ -59,6 +59,12 @@ class Judge:
             out[k] = (result.entailed, result.error)
         return out
 
+    def answer_choices(self, requests: list[tuple[str, str, list[str]]]) -> list[tuple[int | None, str | None]]:
+        """For each (text, question, options): (index of the option the text supports, None), or (None, error).
+        The last option says the text does not tell (``vcap.rewards.qa.UNANSWERABLE``)."""
+        raise NotImplementedError(f"judge '{self.name}' cannot answer multiple-choice questions; use 'lexical' "
+                                  "(offline, templated captions) or an LLM judge ('openai' or 'hf')")
+
     def rate(self, texts: list[str], references: list[str]) -> list[RatingResult]:
         """Completeness and naturalness of each text against its reference, 0-10 each."""
         raise NotImplementedError(f"judge '{self.name}' cannot rate captions; use an LLM judge ('openai' or 'hf')")

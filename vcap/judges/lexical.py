@@ -39,3 +39,21 @@ class LexicalJudge(Judge):
 
     def extract_events(self, texts):
         return [ExtractionResult(sentences(t)) for t in texts]
+
+    def answer_choices(self, requests):
+        """The option whose content words all stand in one caption sentence, the sentence sharing the most content
+        words with the question; the last option ("does not say") when no option, or more than one equally, fits."""
+        out = []
+        for text, question, options in requests:
+            asked = content_words(question)
+            sentence_words = [content_words(s) for s in sentences(text)]
+            best: dict[int, int] = {}
+            for k, option in enumerate(options[:-1]):
+                words = content_words(option)
+                fits = [len(asked & s) for s in sentence_words if words and words <= s]
+                if fits:
+                    best[k] = max(fits)
+            top = max(best.values(), default=None)
+            winners = [k for k, v in best.items() if v == top]
+            out.append((winners[0] if len(winners) == 1 else len(options) - 1, None))
+        return out

@@ -20,7 +20,8 @@ from typing import Any, Callable
 from vcap.judges.base import EntailmentResult, ExtractionResult, Judge, JudgeUnavailableError, RatingResult
 from vcap.judges.cache import ReplyCache, cache_key
 from vcap.judges.llm_text import (ReplyCountError, ReplyError, official_grade, official_items, official_verdicts, parse_answer,
-                                  parse_grade, parse_items, parse_json_object, parse_rating, parse_verdicts)
+                                  parse_choice, parse_grade, parse_items, parse_json_object, parse_rating,
+                                  parse_verdicts)
 from vcap.judges.prompts import load_prompts
 from vcap.judges.schemas import reply_schema
 from vcap.rewards.parsing import subjects_from_json
@@ -256,6 +257,13 @@ class LLMJudge(Judge):
         # the official VDC script asks each step once: any failure skips the video
         return self.ask([self._job(protocol, "answer_question", parse, sampling, 1, text=t, question=q)
                          for t, q in zip(texts, questions)])
+
+    def answer_choices(self, requests):
+        """(option index, error) for each (text, question, options), answered from the text alone."""
+        jobs = [self._job("robust", "answer_choice", lambda reply, n=len(o): parse_choice(reply, n), text=t,
+                          question=q, options="\n".join(f"{chr(65 + k)}. {opt}" for k, opt in enumerate(o)),
+                          count=len(o)) for t, q, o in requests]
+        return self.ask(jobs)
 
     def grade_answers(self, questions: list[str], answers: list[str], predictions: list[str],
                       protocol: str = "robust", sampling: dict | None = None):

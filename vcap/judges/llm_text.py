@@ -91,6 +91,17 @@ def parse_answer(reply: str) -> str:
     return answer.strip()
 
 
+def parse_choice(reply: str, count: int) -> int:
+    """The index of the option a reply's ``choice`` letter names ('B', 'b', 'B.', 'B) ...'); anything else is a
+    failed reply, never a wrong answer."""
+    choice = parse_json_object(reply).get("choice")
+    letter = choice.strip()[:1].upper() if isinstance(choice, str) and choice.strip() else ""
+    rest = choice.strip()[1:2] if isinstance(choice, str) else ""
+    if not letter.isalpha() or not letter.isascii() or rest.isalnum() or not 0 <= ord(letter) - 65 < count:
+        raise ReplyError(f"'choice' must be one of the option letters A-{chr(64 + count)}, got {choice!r}")
+    return ord(letter) - 65
+
+
 def parse_grade(reply: str) -> tuple[str, float]:
     """("yes" | "no", score in [0, 5])."""
     data = parse_json_object(reply)

@@ -59,6 +59,12 @@ ROBUST = {
         "answer that it does not say. Give a short phrase.\n\nDescription:\n{text}\n\nQuestion: {question}\n\n"
         "Reply with JSON only: {{\"answer\": \"...\"}}"
     ),
+    "answer_choice": (
+        "Answer a multiple-choice question about a video using only this description of it. Choose the option the "
+        "description supports; when it does not tell, choose the option that says so. Do not guess from what such "
+        "videos usually show.\n\nDescription:\n{text}\n\nQuestion: {question}\nOptions:\n{options}\n\n"
+        'Reply with JSON only: {{"choice": "<the option\'s letter>"}}'
+    ),
     "grade_answer": (
         "Grade a predicted answer to a question about a video against the correct answer. Synonyms and "
         "paraphrases count as matches.\n\nQuestion: {question}\nCorrect answer: {answer}\n"
@@ -139,6 +145,7 @@ FIELDS = {
     "entailment": {"premise", "hypotheses", "count"}, "entail_events": {"premise", "hypotheses", "count"},
     "entail_objects": {"premise", "hypotheses", "count"}, "extract_events": {"text", "max_items"},
     "extract_objects": {"text", "max_items"}, "answer_question": {"text", "question"},
+    "answer_choice": {"text", "question", "options", "count"},
     "grade_answer": {"question", "answer", "prediction"}, "rate": {"text", "reference"}, "extract_structure": {"text"},
 }
 DEFAULT_REPLY_KEYS = {"extract_events": "events", "extract_objects": "objects", "entail_events": "events",

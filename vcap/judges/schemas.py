@@ -28,6 +28,8 @@ def reply_schema(name: str, count: int | None = None, max_items: int | None = No
         return _object({key: _strings(max_items)}, key)
     if name == "answer_question":
         return _object({"answer": {"type": "string"}}, "answer")
+    if name == "answer_choice":
+        return _object({"choice": {"type": "string", "enum": [chr(65 + k) for k in range(count or 26)]}}, "choice")
     if name == "grade_answer":
         return _object({"pred": {"type": "string", "enum": ["yes", "no"]},
                         "score": {"type": "integer", "minimum": 0, "maximum": 5}}, "grade")
