@@ -1,4 +1,8 @@
-"""``vcap annotate``: fill missing ``events`` / ``structure`` of a manifest from its captions with a judge.
+"""``vcap annotate``: fill missing ``events`` / ``structure`` / ``qa`` of a manifest from its captions with a judge.
+
+``qa`` (opt in: ``--fields '[events, structure, qa]'``) holds multiple-choice questions for the QA reward, written by
+the judge from the caption and events and kept only when the caption answers them and a caption that says nothing
+does not (``vcap.rewards.qa_questions``); the table counts those made, kept and dropped.
 
 Resumable: every judge reply is cached on disk as it arrives, so a run killed or stopped with Ctrl-C and started
 again re-pays nothing that was answered. Other fields and video paths are copied unchanged. The output is written
@@ -18,11 +22,15 @@ from rich.table import Table
 
 from vcap.errors import ServiceError
 from vcap.judges import build_judge
+from vcap.errors import UsageError
+from vcap.judges.base import ExtractionResult, Judge
 from vcap.provenance import about_run, file_sha256, lock_output, write_made_by
+from vcap.rewards.qa_questions import QuestionCounts, make_qa
 from vcap.signals import Interrupted, raising_on_signals
 from vcap.textfiles import read_utf8, write_text_atomic
 
-FIELDS = ("events", "structure")
+FIELDS = ("events", "structure", "qa")  # filled in this order: questions are made from the caption and events
+DEFAULT_FIELDS = ("events", "structure")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -39,24 +47,31 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def annotate(input: str, output: str, judge: str = "openai", judge_options: dict[str, Any] | None = None,
-             fields: list[str] = list(FIELDS), batch_size: int = 32, overwrite: bool = False) -> dict[str, int]:
+             fields: list[str] = list(DEFAULT_FIELDS), batch_size: int = 32, overwrite: bool = False,
+             questions: int = 5) -> dict[str, int]:
     """Fill missing fields of each record from its ``caption``.
 
     Args:
         input: JSONL manifest (video + caption per line).
         output: where to write the annotated manifest (written atomically at the end).
         judge: judge backend ('openai' or 'hf'); judge_options: its options (model, base_url, cache, ...).
-        fields: which of 'events' and 'structure' to fill.
+        fields: which of 'events', 'structure' and 'qa' to fill (qa: multiple-choice questions for the QA reward).
         batch_size: records per batch of judge calls (calls within a batch run concurrently).
         overwrite: re-annotate fields that are already present.
+        questions: candidate questions the judge writes per record for 'qa' (those that pass the filter are kept).
     """
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}; valid: {list(FIELDS)}")
+    if questions < 1:
+        raise UsageError(f"--questions must be at least 1, got {questions}")
+    fields = [f for f in FIELDS if f in fields]
     records = read_jsonl(Path(input))
     out = Path(output)
     lock = lock_output(out, "--output")  # held until the process ends: two runs never write one output
     backend = build_judge(judge, **(judge_options or {}))
+    if "qa" in fields and type(backend).make_questions is Judge.make_questions:
+        raise UsageError(f"--fields qa needs a judge that writes questions ('openai' or 'hf'), not {judge!r}")
     problem = backend.reachability_problem() if hasattr(backend, "reachability_problem") else None
     if problem:
         raise ServiceError(f"{problem}: start the server, or point --judge_options base_url at one that runs")
@@ -76,7 +91,7 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
     total = sum(len(v) for v in todo.values())
     try:
         with raising_on_signals():
-            fill(records, todo, backend, batch_size, counts, failed)
+            made = fill(records, todo, backend, batch_size, counts, failed, questions)
     except Interrupted as stop:
         done = sum(counts[f"{f}_{kind}"] for f in fields for kind in ("filled", "failed"))
         cache = getattr(getattr(backend, "cache", None), "path", None)
@@ -85,6 +100,9 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
         print(f"vcap annotate: {stop.args[0]}: stopped after {done} of {total} records' fields; nothing was written "
               f"to {out}; {kept}", file=sys.stderr, flush=True)
         raise SystemExit(128 + stop.signum) from None
+    if "qa" in fields:
+        counts.update({f"qa_questions_{k}": getattr(made, k) for k in
+                       ("made", "kept", "dropped_unanswered", "dropped_guessable", "dropped_failed")})
     counts["judge_calls"] = getattr(backend, "calls", 0)
     filled = sum(counts[f"{f}_filled"] for f in fields)
     if total and not filled:  # every call failed: nothing to write, and the exit status says so
@@ -95,7 +113,8 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
                            "when you run it again")
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     write_made_by(out, {"judge": backend.describe(), "input": str(Path(input).resolve()),
-                        "input_sha256": file_sha256(Path(input)), "fields": list(fields), "overwrite": overwrite},
+                        "input_sha256": file_sha256(Path(input)), "fields": list(fields), "overwrite": overwrite,
+                        **({"questions": questions} if "qa" in fields else {})},
                   about_run(counts=counts))
     report(counts, failed, out, dict(getattr(backend, "answered_by", {})))
     lock.release()
@@ -103,9 +122,18 @@ def annotate(input: str, output: str, judge: str = "openai", judge_options: dict
 
 
 def fill(records: list[dict], todo: dict[str, list[int]], backend, batch_size: int, counts: dict[str, int],
-         failed: list[str]) -> None:
+         failed: list[str], questions: int = 5) -> QuestionCounts:
     """Ask the judge for each field of each record in ``todo``, batch by batch, with a progress bar."""
-    extract = {"events": backend.extract_events, "structure": backend.extract_structure}
+    made = QuestionCounts()
+
+    def make(captions_of: list[int]):
+        before = len(made.errors)
+        kept = make_qa(backend, [records[i] for i in captions_of], questions, made)
+        errors = iter(made.errors[before:])
+        return [ExtractionResult(items, None if items is not None else next(errors, "no questions")) for items in kept]
+
+    extract = {"events": lambda idx: backend.extract_events([records[i]["caption"] for i in idx]),
+               "structure": lambda idx: backend.extract_structure([records[i]["caption"] for i in idx]), "qa": make}
     with Progress(TextColumn("annotate {task.fields[field]}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True)) as progress:
         task = progress.add_task("annotate", total=sum(len(v) for v in todo.values()), field="")
@@ -113,7 +141,7 @@ def fill(records: list[dict], todo: dict[str, list[int]], backend, batch_size: i
             progress.update(task, field=f)
             for start in range(0, len(indices), batch_size):
                 idx = indices[start:start + batch_size]
-                for i, result in zip(idx, extract[f]([records[i]["caption"] for i in idx])):
+                for i, result in zip(idx, extract[f](idx)):
                     if result.items is None:
                         counts[f"{f}_failed"] += 1
                         failed.append(f"{records[i].get('id', records[i].get('video', i))}: {f}: {result.error}")
@@ -121,6 +149,7 @@ def fill(records: list[dict], todo: dict[str, list[int]], backend, batch_size: i
                         records[i][f] = result.items
                         counts[f"{f}_filled"] += 1
                 progress.advance(task, len(idx))
+    return made
 
 
 def report(counts: dict[str, int], failed: list[str], out: Path | None, answered_by: dict[str, int] | None = None

@@ -65,6 +65,10 @@ class Judge:
         raise NotImplementedError(f"judge '{self.name}' cannot answer multiple-choice questions; use 'lexical' "
                                   "(offline, templated captions) or an LLM judge ('openai' or 'hf')")
 
+    def make_questions(self, texts: list[str], count: int) -> list[ExtractionResult]:
+        """Up to ``count`` multiple-choice questions ({question, options, answer}) that each text answers."""
+        raise NotImplementedError(f"judge '{self.name}' cannot write questions; use an LLM judge ('openai' or 'hf')")
+
     def rate(self, texts: list[str], references: list[str]) -> list[RatingResult]:
         """Completeness and naturalness of each text against its reference, 0-10 each."""
         raise NotImplementedError(f"judge '{self.name}' cannot rate captions; use an LLM judge ('openai' or 'hf')")

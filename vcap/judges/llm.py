@@ -20,7 +20,7 @@ from typing import Any, Callable
 from vcap.judges.base import EntailmentResult, ExtractionResult, Judge, JudgeUnavailableError, RatingResult
 from vcap.judges.cache import ReplyCache, cache_key
 from vcap.judges.llm_text import (ReplyCountError, ReplyError, official_grade, official_items, official_verdicts, parse_answer,
-                                  parse_choice, parse_grade, parse_items, parse_json_object, parse_rating,
+                                  parse_choice, parse_grade, parse_items, parse_questions, parse_json_object, parse_rating,
                                   parse_verdicts)
 from vcap.judges.prompts import load_prompts
 from vcap.judges.schemas import reply_schema
@@ -264,6 +264,11 @@ class LLMJudge(Judge):
                           question=q, options="\n".join(f"{chr(65 + k)}. {opt}" for k, opt in enumerate(o)),
                           count=len(o)) for t, q, o in requests]
         return self.ask(jobs)
+
+    def make_questions(self, texts, count):
+        jobs = [self._job("robust", "make_questions", lambda reply: parse_questions(reply, count), text=t, count=count)
+                for t in texts]
+        return [ExtractionResult(v, e) for v, e in self.ask(jobs)]
 
     def grade_answers(self, questions: list[str], answers: list[str], predictions: list[str],
                       protocol: str = "robust", sampling: dict | None = None):

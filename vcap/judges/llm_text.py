@@ -102,6 +102,25 @@ def parse_choice(reply: str, count: int) -> int:
     return ord(letter) - 65
 
 
+def parse_questions(reply: str, count: int) -> list[dict]:
+    """The well-formed questions of a reply ({question, options: 2+ distinct strings, answer: one of them}), at most
+    ``count``; a reply with none is a failed reply."""
+    items = parse_json_object(reply).get("questions")
+    out = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        question, options, answer = item.get("question"), item.get("options"), item.get("answer")
+        if (isinstance(question, str) and question.strip() and isinstance(options, list) and len(options) >= 2
+                and all(isinstance(o, str) and o.strip() for o in options) and len(set(options)) == len(options)
+                and answer in options):
+            out.append({"question": question.strip(), "options": options, "answer": answer})
+    if not out:
+        raise ReplyError("reply has no well-formed question ({question, options, answer} with the answer among "
+                         "2 or more distinct options)")
+    return out[:count]
+
+
 def parse_grade(reply: str) -> tuple[str, float]:
     """("yes" | "no", score in [0, 5])."""
     data = parse_json_object(reply)

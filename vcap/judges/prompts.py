@@ -65,6 +65,14 @@ ROBUST = {
         "videos usually show.\n\nDescription:\n{text}\n\nQuestion: {question}\nOptions:\n{options}\n\n"
         'Reply with JSON only: {{"choice": "<the option\'s letter>"}}'
     ),
+    "make_questions": (
+        "Write {count} multiple-choice questions about a video that this description of it answers: who or what is "
+        "in it, colours, sizes, counts, actions and their directions and order. Each question has 3 or 4 short "
+        "options, exactly one of them right by the description; the wrong ones must be plausible for such a video, "
+        "so that someone who has not read the description cannot tell which is right.\n\nDescription:\n{text}\n\n"
+        'Reply with JSON only: {{"questions": [{{"question": "...", "options": ["...", "..."], '
+        '"answer": "<the right option, copied exactly>"}}]}}'
+    ),
     "grade_answer": (
         "Grade a predicted answer to a question about a video against the correct answer. Synonyms and "
         "paraphrases count as matches.\n\nQuestion: {question}\nCorrect answer: {answer}\n"
@@ -145,7 +153,7 @@ FIELDS = {
     "entailment": {"premise", "hypotheses", "count"}, "entail_events": {"premise", "hypotheses", "count"},
     "entail_objects": {"premise", "hypotheses", "count"}, "extract_events": {"text", "max_items"},
     "extract_objects": {"text", "max_items"}, "answer_question": {"text", "question"},
-    "answer_choice": {"text", "question", "options", "count"},
+    "answer_choice": {"text", "question", "options", "count"}, "make_questions": {"text", "count"},
     "grade_answer": {"question", "answer", "prediction"}, "rate": {"text", "reference"}, "extract_structure": {"text"},
 }
 DEFAULT_REPLY_KEYS = {"extract_events": "events", "extract_objects": "objects", "entail_events": "events",

@@ -30,6 +30,12 @@ def reply_schema(name: str, count: int | None = None, max_items: int | None = No
         return _object({"answer": {"type": "string"}}, "answer")
     if name == "answer_choice":
         return _object({"choice": {"type": "string", "enum": [chr(65 + k) for k in range(count or 26)]}}, "choice")
+    if name == "make_questions":
+        question = {"type": "object", "properties": {"question": {"type": "string"}, "options": _strings(4),
+                                                     "answer": {"type": "string"}},
+                    "required": ["question", "options", "answer"], "additionalProperties": False}
+        items = {"type": "array", "items": question}
+        return _object({"questions": {**items, "maxItems": count} if count else items}, "questions")
     if name == "grade_answer":
         return _object({"pred": {"type": "string", "enum": ["yes", "no"]},
                         "score": {"type": "integer", "minimum": 0, "maximum": 5}}, "grade")
