@@ -40,6 +40,76 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale: str = "
     return Advantages(adv.reshape(-1), zero_std, std.squeeze(1))
 
 
+# -- combining several rewards before the advantage -----------------------------------------------
+REWARD_AGGREGATIONS = ("sum", "normalize_then_sum")
+
+
+class RewardValues(NamedTuple):
+    values: torch.Tensor  # (N,) the value group_advantages turns into advantages
+    normalized: dict[str, torch.Tensor]  # reward name -> (N,) its group-normalised score (normalize_then_sum only)
+
+
+def normalize_then_sum(scores_by: dict[str, torch.Tensor], weights: dict[str, float], num_generations: int,
+                       valid: torch.Tensor | None = None, eps: float = 1e-4) -> RewardValues:
+    """GDPO's decoupled normalisation (TRL's ``multi_objective_aggregation="normalize_then_sum"``).
+
+    For each reward k and each group g of G completions, over the group's completions that count (``valid``, and a
+    finite score)::
+
+        z_ik = (r_ik - mean_g(r_k)) / (std_g(r_k) + eps)      std: sample (Bessel-corrected) std, eps = 1e-4
+        S_i  = sum_k w_k * z_ik
+
+    as TRL does (per reward: the group's ``nanmean`` and Bessel ``nanstd``, + 1e-4; then the weighted sum). Guards
+    TRL lacks: a reward whose counted scores in a group are all equal (a format reward every completion passed, a
+    reward n/a for the whole record, one counted completion) gives z = 0 there exactly, never NaN or inf, and never
+    the (r - mean) / 1e-4 of a float mean that rounds away from the common value (eight float32 0.91s give
+    r - mean = 6e-8, hence 6e-4); a completion dropped from its group (``valid`` false) or with a non-finite score
+    for reward k gets z_ik = 0 and is left out of that reward's group statistics, so no NaN reaches S. Each z_k has
+    mean 0 over its group's counted completions, so S has too.
+
+    ``scores_by`` must hold the scores the plain sum adds (``RewardOutput.scores_by``: 0 for a judgment failed under
+    ``on_failure: zero`` and for a reward without reference, never the components' NaN), so failed and n/a scores
+    count exactly as under ``sum``. Returns S and every z_k (for logging).
+    """
+    if not scores_by:
+        raise ValueError("normalize_then_sum needs at least one reward")
+    normalized: dict[str, torch.Tensor] = {}
+    for name, scores in scores_by.items():
+        if scores.dim() != 1 or scores.numel() % num_generations:
+            raise ValueError(f"{name} scores must be 1-D with a multiple of num_generations={num_generations} "
+                             f"entries, got {tuple(scores.shape)}")
+        grouped = scores.float().view(-1, num_generations)
+        keep = torch.isfinite(grouped)
+        if valid is not None:
+            keep &= valid.view(-1, num_generations).bool()
+        grouped = torch.where(keep, grouped, torch.zeros_like(grouped))  # NaN * 0 would still be NaN in the sums
+        count = keep.sum(dim=1, keepdim=True)
+        mean = grouped.sum(dim=1, keepdim=True) / count.clamp(min=1)
+        centered = torch.where(keep, grouped - mean, torch.zeros_like(grouped))
+        std = ((centered ** 2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+        highest = torch.where(keep, grouped, torch.full_like(grouped, -torch.inf)).amax(dim=1, keepdim=True)
+        lowest = torch.where(keep, grouped, torch.full_like(grouped, torch.inf)).amin(dim=1, keepdim=True)
+        constant = highest <= lowest  # all counted scores equal (or fewer than two counted)
+        z = torch.where(constant | ~keep, torch.zeros_like(centered), centered / (std + eps))
+        normalized[name] = z.reshape(-1)
+    total = torch.zeros_like(next(iter(normalized.values())))
+    for name, z in normalized.items():
+        total = total + float(weights[name]) * z
+    return RewardValues(total, normalized)
+
+
+def aggregate_rewards(aggregation: str, total: torch.Tensor, scores_by: dict[str, torch.Tensor],
+                      weights: dict[str, float], num_generations: int,
+                      valid: torch.Tensor | None = None) -> RewardValues:
+    """The value the GRPO advantage is computed from. ``sum``: ``total``, the weighted sum of raw scores, returned
+    as is (the behaviour before this option existed); ``normalize_then_sum``: see :func:`normalize_then_sum`."""
+    if aggregation == "sum":
+        return RewardValues(total, {})
+    if aggregation == "normalize_then_sum":
+        return normalize_then_sum(scores_by, weights, num_generations, valid)
+    raise ValueError(f"unknown reward_aggregation {aggregation!r}; valid: {list(REWARD_AGGREGATIONS)}")
+
+
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                       epsilon: float = 0.2, epsilon_high: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO loss -min(ρA, clip(ρ, 1-ε, 1+ε_high)A) and the mask of tokens where clipping bit."""
@@ -94,7 +164,7 @@ def seq_mean_token_mean(per_token: torch.Tensor, mask: torch.Tensor, *, total_se
 def token_mean(per_token: torch.Tensor, mask: torch.Tensor, *, total_tokens: float | None = None,
                **_: object) -> torch.Tensor:
     """DAPO: one mean over every completion token in the batch."""
-    # a given total is a rank's share of the global count (vcap.distributed.share_of_global_counts): it may be < 1
+    # a given total is a rank's share of the global count (vcap.training.distributed.share_of_global_counts): it may be < 1
     denom = mask.sum().clamp(min=1) if total_tokens is None else torch.as_tensor(total_tokens, dtype=per_token.dtype)
     return (per_token * mask).sum() / denom
 

@@ -9,15 +9,16 @@ from typing import Literal
 import torch
 from jsonargparse import lazy_instance
 
-from vcap.distributed import share_of_global_counts
+from vcap.training.distributed import share_of_global_counts
 from vcap.grpo.engines import RolloutEngine, VcapEngine, build_engine, engine_config
-from vcap.grpo.losses import get_loss_aggregation, group_advantages, grpo_loss
+from vcap.grpo.losses import REWARD_AGGREGATIONS, aggregate_rewards, get_loss_aggregation, group_advantages, grpo_loss
 from vcap.grpo.prefix import check_shared_prefix_support
 from vcap.grpo.rollout import Rollout, chunked_logprobs, sequence_logprobs
 from vcap.grpo.stats import mean_over_iterations, truncated
 from vcap.grpo.vision import encode_videos
-from vcap.policy import CaptionPolicyModule
-from vcap.rank_metrics import Tally, all_ranks, mean_of
+from vcap.methods.policy import CaptionPolicyModule
+from vcap.training.rank_metrics import Tally, all_ranks, mean_of
+from vcap.errors import UsageError
 from vcap.rewards import RewardOutput, parse_completion
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,22 @@ class GRPOModule(CaptionPolicyModule):
         epsilon_high: upper clip range of the ratio (1 + epsilon_high); null uses epsilon (DAPO's clip-higher: 0.28).
         loss_type: 'grpo' (sequence mean of token means), 'dapo' (token mean) or 'dr_grpo' (token sum / constant).
         scale_rewards: 'group' divides advantages by the group std; 'none' only centres them (Dr. GRPO).
+        reward_aggregation: how the rewards combine before the advantage. 'sum' (default): the weighted sum of the
+            raw scores. 'normalize_then_sum' (GDPO; TRL's multi_objective_aggregation of that name): each reward is
+            first normalised within its group, (r - group mean) / (group std + 1e-4), sample std, 0 where the
+            reward is constant in the group, then the weighted sum of those is taken, so a reward with a wide spread
+            does not drown the others (``vcap.grpo.losses.normalize_then_sum``). The usual advantage then follows
+            from that sum: centring is a no-op (each normalised reward already has group mean 0), and with
+            scale_rewards 'group' the sum is divided by its group std, which keeps the advantage at unit scale
+            whatever the number of rewards and their weights (so epsilon and beta keep their meaning). TRL divides
+            by the std over the whole batch instead, which also keeps how much larger one group's spread is than
+            another's; vcap keeps the per-group scaling of its 'sum' path, computed within one rank, independent
+            of the number of ranks. Failed judgments and rewards without reference count as under 'sum'; a
+            completion dropped from its group (on_failure: exclude) is out of every reward's statistics. Logs
+            each reward's raw mean (train/reward/<name>, as always), its normalised mean
+            (train/reward_normalized/<name>: 0 up to rounding by construction, a check) and its mean absolute
+            normalised score (train/reward_normalized_abs/<name>: how much it moves the advantages; 0 when it is
+            constant in every group).
         max_completion_length: new-token budget per completion.
         temperature: sampling temperature of the rollouts (log-probs are computed at the same temperature).
         top_p: nucleus sampling threshold of the rollouts (1.0 disables it).
@@ -61,6 +78,7 @@ class GRPOModule(CaptionPolicyModule):
     def __init__(self, num_generations: int = 8, beta: float = 0.04, epsilon: float = 0.2,
                  epsilon_high: float | None = None, loss_type: Literal["grpo", "dapo", "dr_grpo"] = "grpo",
                  scale_rewards: Literal["group", "none"] = "group",
+                 reward_aggregation: Literal["sum", "normalize_then_sum"] = "sum",
                  max_completion_length: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
                  num_iterations: int = 1, micro_batch_size: int = 8, max_grad_norm: float = 1.0,
                  log_completions_every: int = 50, shared_prefix: bool = True,
@@ -71,6 +89,8 @@ class GRPOModule(CaptionPolicyModule):
                              "(or class_path/init_args to set the engine's options)")
         super().__init__(**kwargs)
         get_loss_aggregation(loss_type)  # fail at config time on a bad name
+        if reward_aggregation not in REWARD_AGGREGATIONS:
+            raise UsageError(f"reward_aggregation must be one of {list(REWARD_AGGREGATIONS)}, got {reward_aggregation!r}")
         self.rollout_engine = build_engine(rollout)
         self.hparams["rollout"] = engine_config(self.rollout_engine)  # checkpoints store options, not the engine
         if num_generations < 2:
@@ -104,11 +124,13 @@ class GRPOModule(CaptionPolicyModule):
         records = [r for r in batch["records"] for _ in range(hp.num_generations)]
         rewards = self.reward_set([parse_completion(t) for t in texts], records)
         valid = ~rewards.excluded
-        adv = group_advantages(rewards.scores, hp.num_generations, hp.scale_rewards, valid=valid)
+        values = aggregate_rewards(hp.reward_aggregation, rewards.scores, rewards.scores_by, self.reward_set.weights,
+                                   hp.num_generations, valid)
+        adv = group_advantages(values.values, hp.num_generations, hp.scale_rewards, valid=valid)
         old_logp, ref_logp = self.fixed_logprobs(rollout)
         stats = [self.policy_update(rollout, adv.advantages, old_logp, ref_logp, valid)
                  for _ in range(hp.num_iterations)]
-        self.log_rollout(rollout, rewards, adv, mean_over_iterations(stats), texts, records)
+        self.log_rollout(rollout, rewards, adv, mean_over_iterations(stats), texts, records, values.normalized)
 
     # -- pieces -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -158,7 +180,7 @@ class GRPOModule(CaptionPolicyModule):
         return stats
 
     def log_rollout(self, rollout: Rollout, rewards: RewardOutput, adv, stats: dict, texts: list[str],
-                    records: list[dict]) -> None:
+                    records: list[dict], normalized: dict[str, torch.Tensor] | None = None) -> None:
         lengths = rollout.completion_mask.sum(dim=1).float()
         grouped = rewards.scores.view(-1, self.hparams.num_generations)
         # loss, KL and clip fraction are already each rank's share of the joined batch's value (normalised by the
@@ -179,6 +201,10 @@ class GRPOModule(CaptionPolicyModule):
             **{f"train/{k}": Tally(float(v)) for k, v in stats.items()},
             # failed judgments are NaN: unknown, left out of the mean (NaN when the whole batch failed)
             **{f"train/reward/{k}": mean_of(v[~v.isnan()]) for k, v in rewards.components.items()},
+            # normalize_then_sum: each reward's group-normalised score over the completions the update used
+            **{f"train/reward_normalized/{k}": mean_of(z[~rewards.excluded]) for k, z in (normalized or {}).items()},
+            **{f"train/reward_normalized_abs/{k}": mean_of(z[~rewards.excluded].abs())
+               for k, z in (normalized or {}).items()},
             **{f"rollout/{k}": Tally(float(v), reduce=ROLLOUT_REDUCE.get(k, "mean"))
                for k, v in getattr(self.rollout_engine, "last_stats", {}).items()},  # a user engine may keep none
             **self.skipped_tally(),
