@@ -67,6 +67,17 @@ class GivenX(Given):
     key = "x"
 
 
+class ExcludeFirst(Reward):
+    """Weight 0, scores 0: drops the first completion of every group of 4 from its group (a judge failure under
+    on_failure: exclude), so the module must pass ``valid`` to the aggregation and to the advantage."""
+
+    def score(self, parsed, samples):
+        n = len(parsed)
+        excluded = torch.tensor([i % 4 == 0 for i in range(n)])
+        return RewardOutput(torch.zeros(n), {}, [(i, "judge failed: test") for i in range(n) if excluded[i]],
+                            excluded, excluded.clone())
+
+
 class DistinctCharacters(Reward):
     """A second reward that varies on a random tiny model's completions: distinct characters / 20."""
 
@@ -226,8 +237,8 @@ def test_sum_keeps_the_raw_weighted_total_and_its_advantages():
     total = np.array(a) + 0.5 * np.array(b)  # [0.125, 1.25, 1.5, 0.375, 0.8, 0.3, 1.15, 0.35]
     for scale in ("group", "none"):
         adv = group_advantages(values.values, 4, scale, valid=valid)
-        assert adv.advantages.tolist() == pytest.approx(reference_group_advantages(total, 4, scale, valid.numpy()),
-                                                        abs=1e-6)
+        expected = reference_group_advantages(total, 4, scale, valid.numpy()).tolist()
+        assert adv.advantages.tolist() == pytest.approx(expected, abs=1e-6)
     # one group by hand: [0.125, 1.25, 1.5, 0.375], mean 0.8125, deviations [-0.6875, 0.4375, 0.6875, -0.4375],
     # var (2 * 0.6875^2 + 2 * 0.4375^2) / 3 = 0.442708, std 0.665364 -> dev / 0.665464
     assert group_advantages(values.values, 4).advantages[:4].tolist() == pytest.approx(
@@ -264,14 +275,15 @@ def run_one_step(tmp_path, tiny_path, shapes_manifest, aggregation, scale="group
 
     module = GRPOModule(name_or_path=str(tiny_path), num_generations=4, max_completion_length=8, max_new_tokens=8,
                         micro_batch_size=8, beta=0.0, log_completions_every=0, freeze_vision=True,
-                        rewards={"tests.helpers:LengthReward": 1.0, f"{__name__}:DistinctCharacters": 2.0},
+                        rewards={"tests.helpers:LengthReward": 1.0, f"{__name__}:DistinctCharacters": 2.0,
+                                 f"{__name__}:ExcludeFirst": 0.0},
                         reward_aggregation=aggregation, scale_rewards=scale)
     seen = {}
     update = module.policy_update
 
     class Recording(RewardSet):
-        def __call__(self, parsed, samples):
-            seen["rewards"] = super().__call__(parsed, samples)
+        def combine(self, outputs, n):  # both the overlapped and the sequential step combine here
+            seen["rewards"] = super().combine(outputs, n)
             return seen["rewards"]
 
     def updating(rollout, advantages, *args):
@@ -288,23 +300,27 @@ def run_one_step(tmp_path, tiny_path, shapes_manifest, aggregation, scale="group
 
 
 def test_module_step_uses_the_aggregation(tmp_path, tiny_path, shapes_manifest):
+    valid = np.array([i % 4 != 0 for i in range(8)])  # ExcludeFirst drops completions 0 and 4
     rewards, advantages, module = run_one_step(tmp_path, tiny_path, shapes_manifest, "sum")
+    assert (~rewards.excluded).tolist() == valid.tolist()
     # sum: the advantages are the group-normalised raw total, as before the option existed
     total = rewards.scores_by["tests.helpers:LengthReward"].numpy() + 2 * rewards.scores_by[
         f"{__name__}:DistinctCharacters"].numpy()
-    assert advantages.tolist() == pytest.approx(reference_group_advantages(total, 4), abs=1e-5)
+    assert advantages.tolist() == pytest.approx(reference_group_advantages(total, 4, valid=valid).tolist(), abs=1e-5)
     assert module.hparams.reward_aggregation == "sum"
 
     rewards, advantages, _ = run_one_step(tmp_path, tiny_path, shapes_manifest, "normalize_then_sum")
-    # normalize_then_sum: each reward normalised within its group (numpy, here), weighted sum, then the usual advantage
-    z = {name: reference_group_advantages(values.numpy(), 4) for name, values in rewards.scores_by.items()}
+    # normalize_then_sum: each reward normalised within its group over the kept completions (numpy, here), weighted
+    # sum, then the usual advantage
+    z = {name: reference_group_advantages(values.numpy(), 4, valid=valid) for name, values in rewards.scores_by.items()}
     summed = z["tests.helpers:LengthReward"] + 2 * z[f"{__name__}:DistinctCharacters"]
     assert np.abs(summed).max() > 0  # the random completions do differ
-    assert advantages.tolist() == pytest.approx(reference_group_advantages(summed, 4), abs=1e-5)
+    assert advantages.tolist() == pytest.approx(reference_group_advantages(summed, 4, valid=valid).tolist(), abs=1e-5)
+    assert advantages[0] == 0 and advantages[4] == 0
     rewards, advantages, _ = run_one_step(tmp_path, tiny_path, shapes_manifest, "normalize_then_sum", scale="none")
-    z = {name: reference_group_advantages(values.numpy(), 4) for name, values in rewards.scores_by.items()}
+    z = {name: reference_group_advantages(values.numpy(), 4, valid=valid) for name, values in rewards.scores_by.items()}
     summed = z["tests.helpers:LengthReward"] + 2 * z[f"{__name__}:DistinctCharacters"]
-    assert advantages.tolist() == pytest.approx(summed, abs=1e-5)  # scale none: S itself (its group mean is 0)
+    assert advantages.tolist() == pytest.approx(summed.tolist(), abs=1e-5)  # scale none: S itself (its group mean is 0)
 
 
 def test_module_refuses_an_unknown_aggregation(tiny_path):
