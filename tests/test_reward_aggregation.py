@@ -279,19 +279,17 @@ def run_one_step(tmp_path, tiny_path, shapes_manifest, aggregation, scale="group
                                  f"{__name__}:ExcludeFirst": 0.0},
                         reward_aggregation=aggregation, scale_rewards=scale)
     seen = {}
-    update = module.policy_update
-
-    class Recording(RewardSet):
-        def combine(self, outputs, n):  # both the overlapped and the sequential step combine here
-            seen["rewards"] = super().combine(outputs, n)
-            return seen["rewards"]
+    update, log_rollout = module.policy_update, module.log_rollout
 
     def updating(rollout, advantages, *args):
         seen["advantages"] = advantages.clone()
         return update(rollout, advantages, *args)
 
-    module.reward_set.__class__ = Recording
-    module.policy_update = updating
+    def logging_rollout(rollout, rewards, *args):  # the step's combined rewards, however they were scored
+        seen["rewards"] = rewards
+        return log_rollout(rollout, rewards, *args)
+
+    module.policy_update, module.log_rollout = updating, logging_rollout
     data = CaptionDataModule(manifest=str(shapes_manifest), processor=str(tiny_path), batch_size=2, val_batch_size=4,
                              num_workers=0, nframes=4, min_pixels=56 * 56, max_pixels=56 * 56)
     L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, num_sanity_val_steps=0,
