@@ -120,7 +120,7 @@ def test_missing_events_is_n_a_not_an_error_and_not_one():
 
 
 def test_registry_errors_list_valid_names():
-    with pytest.raises(ValueError, match=r"valid: \['caption', 'cnscore', 'format', 'think'\]"):
+    with pytest.raises(ValueError, match=r"valid: \['caption', 'cnscore', 'format', 'length', 'qa', 'think'\]"):
         RewardSet({"fluency": 1.0})
     with pytest.raises(ValueError, match="not in rewards"):
         RewardSet({"format": 1.0}, {"think": {}})

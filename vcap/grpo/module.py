@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from typing import Literal
 
 import torch
@@ -20,6 +21,7 @@ from vcap.methods.policy import CaptionPolicyModule
 from vcap.training.rank_metrics import Tally, all_ranks, mean_of
 from vcap.errors import UsageError
 from vcap.rewards import RewardOutput, parse_completion
+from vcap.rewards.base import PendingRewards, ScoredRewards
 
 log = logging.getLogger(__name__)
 # how each engine statistic merges over ranks (others: mean): the step waits for the slowest rank's rollout, and
@@ -59,6 +61,11 @@ class GRPOModule(CaptionPolicyModule):
             (train/reward_normalized/<name>: 0 up to rounding by construction, a check) and its mean absolute
             normalised score (train/reward_normalized_abs/<name>: how much it moves the advantages; 0 when it is
             constant in every group).
+        overlap_rewards: send every reward's work at once right after the rollout and compute the fixed log-prob
+            passes (old and reference: they depend only on the tokens and fixed weights) while the judges answer,
+            joining just before the advantages; false scores the rewards first, then runs the passes (the
+            sequential twin: the same numbers and weights, tests/test_reward_overlap_step.py). Logged:
+            step/passes_seconds and step/reward_wait_seconds (the judge time the passes did not hide).
         max_completion_length: new-token budget per completion.
         temperature: sampling temperature of the rollouts (log-probs are computed at the same temperature).
         top_p: nucleus sampling threshold of the rollouts (1.0 disables it).
@@ -78,7 +85,7 @@ class GRPOModule(CaptionPolicyModule):
     def __init__(self, num_generations: int = 8, beta: float = 0.04, epsilon: float = 0.2,
                  epsilon_high: float | None = None, loss_type: Literal["grpo", "dapo", "dr_grpo"] = "grpo",
                  scale_rewards: Literal["group", "none"] = "group",
-                 reward_aggregation: Literal["sum", "normalize_then_sum"] = "sum",
+                 reward_aggregation: Literal["sum", "normalize_then_sum"] = "sum", overlap_rewards: bool = True,
                  max_completion_length: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
                  num_iterations: int = 1, micro_batch_size: int = 8, max_grad_norm: float = 1.0,
                  log_completions_every: int = 50, shared_prefix: bool = True,
@@ -122,20 +129,36 @@ class GRPOModule(CaptionPolicyModule):
                                                weights_version=self.global_step)
         texts = self.clean(self.decode(rollout.completion_ids))
         records = [r for r in batch["records"] for _ in range(hp.num_generations)]
-        rewards = self.reward_set([parse_completion(t) for t in texts], records)
+        pending = self.score_rewards([parse_completion(t) for t in texts], records)  # judges answer meanwhile
+        old_logp, ref_logp = self.fixed_logprobs(rollout)
+        rewards = pending.result()
         valid = ~rewards.excluded
         values = aggregate_rewards(hp.reward_aggregation, rewards.scores, rewards.scores_by, self.reward_set.weights,
                                    hp.num_generations, valid)
         adv = group_advantages(values.values, hp.num_generations, hp.scale_rewards, valid=valid)
-        old_logp, ref_logp = self.fixed_logprobs(rollout)
         stats = [self.policy_update(rollout, adv.advantages, old_logp, ref_logp, valid)
                  for _ in range(hp.num_iterations)]
         self.log_rollout(rollout, rewards, adv, mean_over_iterations(stats), texts, records, values.normalized)
 
     # -- pieces -------------------------------------------------------------------------------------
+    def score_rewards(self, parsed: list, records: list[dict]) -> PendingRewards | ScoredRewards:
+        """The rewards, sent off (``overlap_rewards``) or scored now; ``.result()`` gives them either way."""
+        if self.hparams.overlap_rewards:
+            self.pending_rewards = self.reward_set.submit(parsed, records)
+        else:
+            self.pending_rewards = ScoredRewards(self.reward_set, parsed, records)
+        return self.pending_rewards
+
     @torch.no_grad()
     def fixed_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Old-policy log-probs (only needed when μ > 1) and reference log-probs (only when beta != 0)."""
+        start = time.perf_counter()
+        try:
+            return self._fixed_logprobs(rollout)
+        finally:
+            self.passes_seconds = time.perf_counter() - start
+
+    def _fixed_logprobs(self, rollout: Rollout) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         hp = self.hparams
         args = (rollout, hp.micro_batch_size, hp.temperature, hp.shared_prefix)
         old = chunked_logprobs(self.model, *args) if hp.num_iterations > 1 else None
@@ -207,12 +230,21 @@ class GRPOModule(CaptionPolicyModule):
                for k, z in (normalized or {}).items()},
             **{f"rollout/{k}": Tally(float(v), reduce=ROLLOUT_REDUCE.get(k, "mean"))
                for k, v in getattr(self.rollout_engine, "last_stats", {}).items()},  # a user engine may keep none
+            **self.step_timings(),
             **self.skipped_tally(),
         }
         self.log_global(tallies)
         if self.trainer.is_global_zero and samples_due(self.global_step, self.hparams.num_iterations,
                                                        self.hparams.log_completions_every):
             self.write_samples(texts, records, rewards)
+
+    def step_timings(self) -> dict[str, Tally]:
+        """Seconds of the fixed passes and of the wait for the rewards after them (slowest rank)."""
+        pending = getattr(self, "pending_rewards", None)
+        if pending is None:
+            return {}
+        return {"step/passes_seconds": Tally(float(getattr(self, "passes_seconds", 0.0)), reduce="max"),
+                "step/reward_wait_seconds": Tally(float(pending.wait_seconds), reduce="max")}
 
     def log_global(self, tallies: dict[str, Tally]) -> None:
         """Log this step's numbers over every rank's samples (a collective: each rank calls it once per step)."""

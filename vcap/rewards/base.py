@@ -7,6 +7,8 @@ in its own file, then add ``name: weight`` under ``model.rewards`` in YAML. A na
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +79,22 @@ class RewardSet:
         self.rewards = {name: build_reward(name, **options.get(name, {})) for name in weights}
 
     def __call__(self, parsed: list[ParsedCompletion], samples: list[dict]) -> RewardOutput:
-        n = len(parsed)
+        """Every reward, one after another (the slow twin of ``submit``)."""
+        return self.combine({name: _run(reward, parsed, samples) for name, reward in self.rewards.items()},
+                            len(parsed))
+
+    def submit(self, parsed: list[ParsedCompletion], samples: list[dict]) -> "PendingRewards":
+        """Every reward's work sent at once, each in a thread of its own (a judge's requests then wait on the
+        network while the caller computes): ``.result()`` joins them and combines exactly as ``__call__``."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=len(self.rewards), thread_name_prefix="vcap-reward")
+        futures = {name: pool.submit(_run, reward, parsed, samples) for name, reward in self.rewards.items()}
+        pool.shutdown(wait=False)
+        return PendingRewards(self, futures, len(parsed))
+
+    def combine(self, outputs: dict[str, RewardOutput], n: int) -> RewardOutput:
+        """The weighted sum and every component, in the order of ``weights`` whatever order the rewards ended in."""
         total = torch.zeros(n)
         excluded = torch.zeros(n, dtype=torch.bool)
         failed = torch.zeros(n, dtype=torch.bool)
@@ -86,8 +103,8 @@ class RewardSet:
         failures: list[tuple[int, str]] = []
         no_reference: dict[str, torch.Tensor] = {}
         scores_by: dict[str, torch.Tensor] = {}
-        for name, reward in self.rewards.items():
-            out = reward(parsed, samples)
+        for name in self.rewards:
+            out = outputs[name]
             scores_by[name] = out.scores.float()
             total += self.weights[name] * scores_by[name]
             judged = out.failed if out.failed is not None else torch.zeros(n, dtype=torch.bool)
@@ -105,3 +122,43 @@ class RewardSet:
             unscored |= unknown
         return RewardOutput(total, components, failures, excluded, failed, no_reference_by=no_reference,
                             unscored=unscored, scores_by=scores_by)
+
+
+def _run(reward: Reward, parsed: list[ParsedCompletion], samples: list[dict]) -> RewardOutput:
+    """A reward's output; an ``async def score`` runs to its end on an event loop of its own."""
+    out = reward(parsed, samples)
+    if inspect.iscoroutine(out):
+        out = asyncio.run(out)
+    return out
+
+
+class PendingRewards:
+    """Rewards being scored (``RewardSet.submit``); ``result()`` waits for all of them. An error or an interrupt
+    raised while scoring is raised here, in the caller's thread."""
+
+    def __init__(self, reward_set: RewardSet, futures: dict, n: int):
+        self.reward_set, self.futures, self.n = reward_set, futures, n
+        self.wait_seconds = 0.0  # how long ``result()`` waited: the judge time the overlap did not hide
+
+    def result(self) -> RewardOutput:
+        import time
+
+        start = time.perf_counter()
+        outputs = {name: future.result() for name, future in self.futures.items()}
+        self.wait_seconds = time.perf_counter() - start
+        return self.reward_set.combine(outputs, self.n)
+
+
+class ScoredRewards:
+    """Rewards scored at once, one after another (``RewardSet.__call__``), behind ``PendingRewards``' interface:
+    the sequential twin of ``submit``. ``wait_seconds`` is the whole scoring time, all of it on the step's path."""
+
+    def __init__(self, reward_set: RewardSet, parsed: list[ParsedCompletion], samples: list[dict]):
+        import time
+
+        start = time.perf_counter()
+        self.output = reward_set(parsed, samples)
+        self.wait_seconds = time.perf_counter() - start
+
+    def result(self) -> RewardOutput:
+        return self.output
