@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vcap.errors import UsageError
 from vcap.textfiles import read_utf8
@@ -38,6 +38,23 @@ class SubjectRecord(BaseModel):
     actions: list[str] = []
 
 
+class QARecord(BaseModel):
+    """One entry of ``qa``: a multiple-choice question about the video, for the QA reward."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1)
+    options: list[str] = Field(min_length=2)
+    answer: str
+
+    @model_validator(mode="after")
+    def _answer_is_an_option(self):
+        if len(set(self.options)) != len(self.options):
+            raise ValueError("options must differ from each other")
+        if self.answer not in self.options:
+            raise ValueError(f"answer {self.answer!r} is not one of the options")
+        return self
+
+
 class ManifestRecord(BaseModel):
     """One manifest line. Only ``video`` is required; which other fields a run needs depends on its recipe."""
 
@@ -50,6 +67,7 @@ class ManifestRecord(BaseModel):
     events: list[str] | None = None  # ground-truth event sentences (caption reward)
     sft_caption: str | None = None  # SFT target caption when it differs from the ground truth (e.g. it omits things)
     sft_structure: list[SubjectRecord] | None = None  # SFT think target when it differs from ``structure``
+    qa: list[QARecord] | None = None  # multiple-choice questions about the video (QA reward; vcap annotate --fields qa)
     prompt: str | None = None  # overrides the data module's prompt for this video
     seed: int | None = None  # generator seed of a synthetic clip (provenance only)
     meta: dict[str, Any] | None = None  # anything of your own; vcap ignores it

@@ -151,6 +151,23 @@ def describe(specs: list[ShapeSpec], rng: random.Random | None = None) -> dict:
     return out
 
 
+def scene_questions(specs: list[ShapeSpec], rng: random.Random) -> list[dict]:
+    """Exact multiple-choice questions about a clip's scene for the QA reward: each shape's colour, size and action
+    (with distractors drawn from the scene vocabulary), and which shape has a colour. A caption that names every
+    shape with its size and which way it moves answers them all."""
+    out = []
+    for s in specs:
+        actions = [s.action, *rng.sample([a for a in ACTIONS if a != s.action], 3)]
+        items = [(f"What colour is the {s.shape}?", list(COLORS), s.color),
+                 (f"What size is the {s.color} {s.shape}?", list(SIZES), s.size),
+                 (f"What does the {s.color} {s.shape} do?", actions, s.action),
+                 (f"Which shape is {s.color}?", list(SHAPES), s.shape)]
+        for question, options, answer in items:
+            rng.shuffle(options)
+            out.append({"question": question, "options": options, "answer": answer})
+    return out
+
+
 @dataclass(frozen=True)
 class ShapesSpec:
     num_train: int = 256
@@ -159,8 +176,8 @@ class ShapesSpec:
     size: int = 56
     num_frames: int = 8
     fps: int = 4
-    version: int = 3  # bumped when records change, so cached datasets are rebuilt (2: human-style SFT targets,
-    #                   3: they leave out directions)
+    version: int = 4  # bumped when records change, so cached datasets are rebuilt (2: human-style SFT targets,
+    #                   3: they leave out directions, 4: exact qa for the QA reward)
 
 
 def build_shapes_dataset(root: str | Path, spec: ShapesSpec = ShapesSpec()) -> Path:
@@ -179,8 +196,9 @@ def build_shapes_dataset(root: str | Path, spec: ShapesSpec = ShapesSpec()) -> P
             specs = sample_specs(rng, spec.size)
             rel = f"videos/{split}-{i:05d}.mp4"
             write_mp4(render_clip(specs, spec.size, spec.num_frames), root / rel, spec.fps)
-            records.append({"id": f"shapes-{split}-{i:05d}", "video": rel, **describe(specs, annotator), "split": split,
-                            "seed": spec.seed})
+            questions = scene_questions(specs, random.Random(f"shapes-{spec.seed}-{split}-{i}-qa"))
+            records.append({"id": f"shapes-{split}-{i:05d}", "video": rel, **describe(specs, annotator),
+                            "qa": questions, "split": split, "seed": spec.seed})
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     tmp.replace(manifest)

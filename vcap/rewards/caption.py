@@ -7,6 +7,7 @@ score is n/a (``RewardOutput.no_reference``), never 1, and no judge is asked. ``
 
 ``metric='f1'`` replaces c by the AutoDQ-style event F1: precision is the share of events extracted
 from the caption that the reference caption entails. Recall alone pays for ever longer captions.
+``metric='cser'`` is OwlCap's unit precision + recall (0-2, with ``mode='linear'``): the same two shares, added.
 """
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ class CaptionReward(Reward):
                  low: float = 0.28, high: float = 0.35, on_failure: str = "zero", metric: str = "recall"):
         if on_failure not in ("zero", "exclude"):
             raise ValueError(f"on_failure must be 'zero' or 'exclude', got {on_failure!r}")
-        if metric not in ("recall", "f1"):
-            raise ValueError(f"caption metric must be 'recall' (the paper's Escore) or 'f1', got {metric!r}")
+        if metric not in ("recall", "f1", "cser"):
+            raise ValueError(f"caption metric must be 'recall' (the paper's Escore), 'f1' or 'cser' (precision + "
+                             f"recall), got {metric!r}")
+        if metric == "cser" and mode != "linear":
+            raise ValueError("caption metric 'cser' (precision + recall, 0-2) needs mode: linear")
         self.metric = metric
         escore(0.0, mode, low, high)  # validate mode early
         self.judge = build_judge(judge, **(judge_options or {}))
@@ -59,13 +63,13 @@ class CaptionReward(Reward):
         failures += [(i, "no <answer> block") for i, p in enumerate(parsed) if p.answer is None and events[i]]
         recall_hits = self.judge.entail_nonempty([(parsed[i].answer, events[i]) for i in index])
         precision_hits = [None] * len(index)
-        if self.metric == "f1":
+        if self.metric in ("f1", "cser"):
             extracted = self.judge.extract_events([parsed[i].answer for i in index])
             refs = [samples[i].get("caption") or " ".join(events[i]) for i in index]
             precision_hits = self.judge.entail_nonempty([(ref, ex.items or []) for ref, ex in zip(refs, extracted)])
             precision_hits = [(None, ex.error) if ex.items is None else hits for ex, hits in zip(extracted, precision_hits)]
         for k, i in enumerate(index):
-            (rec, rec_err), (prec, prec_err) = recall_hits[k], precision_hits[k] if self.metric == "f1" else ([], None)
+            (rec, rec_err), (prec, prec_err) = recall_hits[k], precision_hits[k] if self.metric != "recall" else ([], None)
             if rec is None or prec is None:
                 failures.append((i, f"judge failed: {rec_err or prec_err}"))
                 excluded[i] = self.on_failure == "exclude"
@@ -73,12 +77,12 @@ class CaptionReward(Reward):
                 continue
             coverage[i] = sum(rec) / len(rec)
             value = float(coverage[i])
-            if self.metric == "f1":
+            if self.metric != "recall":
                 precision[i] = sum(prec) / len(prec) if prec else 1.0
                 p = float(precision[i])
-                value = 2 * value * p / (value + p) if value + p > 0 else 0.0
+                value = value + p if self.metric == "cser" else (2 * value * p / (value + p) if value + p > 0 else 0.0)
             scores[i] = escore(value, self.mode, self.low, self.high)
         components = {"coverage": coverage.masked_fill(no_reference, float("nan"))}
-        if self.metric == "f1":
+        if self.metric != "recall":
             components["precision"] = precision.masked_fill(no_reference, float("nan"))
         return RewardOutput(scores, components, failures, excluded, failed, no_reference)
