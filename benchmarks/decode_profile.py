@@ -1,7 +1,10 @@
-"""Where a graph decode step's time goes, from ``torch.profiler`` (used by ``rollout.py --profile``, CUDA only).
+"""Where a graph decode step's time goes, from ``torch.profiler`` (used by ``rollout.py --profile``, CUDA only), for
+each graph engine of the run (``vcap-graph``: the eager step captured; ``vcap-compiled``: the inductor-compiled
+fused step captured):
 
 * a window of ``steps`` graph replays from a fresh rollout state: the GPU busy fraction (kernel time over the
-  window's wall time), the kernels per step and the five kernels with the most time;
+  window's wall time), the kernels per step (``benchmarks/decode_kernels.py`` counts them on CPU) and the five
+  kernels with the most time;
 * one whole ``vcap-graph`` rollout: host syncs per decode step, counted as the device-to-host reads the loop
   dispatches (``aten._local_scalar_dense``: ``bool()`` / ``int()`` of a device tensor); graph replays dispatch
   nothing. (A profiler trace of the whole rollout would hold ~400k kernel events and take minutes to read.)
@@ -34,14 +37,24 @@ def kernel_events(prof):
     return [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
+GRAPH_ENGINES = ("vcap-compiled", "vcap-graph")
+
+
 def profile_decode(model, inputs, engines, tokenizer, num_generations: int, max_new_tokens: int,
+                   steps: int = 8) -> dict:
+    """{engine name: its profile} for each graph engine in ``engines``."""
+    names = [name for name in GRAPH_ENGINES if name in engines]
+    if not names or not torch.cuda.is_available():
+        return {"skipped": "needs CUDA and a graph engine (vcap-graph, vcap-compiled)"}
+    return {name: profile_engine(model, inputs, engines[name], tokenizer, num_generations, max_new_tokens, steps)
+            for name in names}
+
+
+def profile_engine(model, inputs, engine, tokenizer, num_generations: int, max_new_tokens: int,
                    steps: int = 8) -> dict:
     from vcap.grpo.decode import load_prompts, prefill
     from vcap.grpo.vision import encode_videos
 
-    engine = engines.get("vcap-graph")
-    if engine is None or not torch.cuda.is_available():
-        return {"skipped": "needs CUDA and the vcap-graph engine"}
     eos, pad = [tokenizer.eos_token_id], tokenizer.pad_token_id
     features = encode_videos(model, inputs)
     reads = HostReads()

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU number of the rollout and step issues in one short run (one H100/H200, random bf16 weights with the
 # real Qwen2-VL geometries): one JSON line per job result, printed (and appended to $VCAP_GPU_LOG) as each job
-# ends, so a run that is cut short keeps what finished. Jobs run in order of value; each gets what is left of
-# the budget ($VCAP_GPU_BUDGET seconds, default 340), so the whole run fits in 6 minutes, model builds included.
+# ends, so a run that is cut short keeps what finished. Jobs run in order of value (the compiled decode graph
+# first, then the GRPO steps, then the profile); each gets what is left of the budget ($VCAP_GPU_BUDGET seconds,
+# default 340), so the whole run fits in 6 minutes, model builds included, and a job the budget no longer
+# reaches prints {"skipped": "budget spent"}.
 #   bash benchmarks/gpu.sh                   # all jobs; `pip install trl` adds TRL's GRPOTrainer as the 2B peer
 #   bash benchmarks/gpu.sh rollout-2b step-paper     # only these jobs (names below)
+#   VCAP_ROLLOUT_ENGINES="hf vcap-graph vcap-compiled" VCAP_ROLLOUT_G=8 bash benchmarks/gpu.sh rollout-2b
 set -uo pipefail
 cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$(cd .. && pwd)${PYTHONPATH:+:$PYTHONPATH}"
@@ -43,14 +46,11 @@ job() {  # job NAME MAX_SECONDS COMMAND...: the command's JSON lines wrapped wit
 selected() { (($# == 0)) || [[ " $* " == *" $name "* ]]; }
 run_jobs() {  # the jobs named on the command line (all when none), in this order
   local name
-  # (-o addopts=: in this process; the GPU machine's python may lack pytest-xdist, which setup.cfg's -n asks for)
-  name=gpu-tests; selected "$@" && \
-    job $name 90 $python -m pytest -q -m gpu ../tests/test_graph_decode.py -p no:cacheprovider -o addopts=
-  # 2B rollout tokens/s at G = 8 and 64: hf, vcap's eager loop, vcap's CUDA-graph decode; greedy tokens vs hf;
-  # a profile of graph decode steps (GPU busy fraction, top kernels, host syncs per step)
+  # 2B rollout tokens/s at G = 8 (printed first) and 64: the CUDA graph of the inductor-compiled fused decode step
+  # (vcap-compiled; its compilation is the warm-up rollout) against the graph of the eager step (vcap-graph)
   name=rollout-2b; selected "$@" && \
-    job $name 170 $python rollout.py --shape qwen2-vl-2b "${geometry[@]}" --num_generations 8 64 \
-      --engines ${VCAP_ROLLOUT_ENGINES:-hf vcap vcap-graph} --check_greedy --profile
+    job $name 200 $python rollout.py --shape qwen2-vl-2b "${geometry[@]}" --num_generations ${VCAP_ROLLOUT_G:-8 64} \
+      --engines ${VCAP_ROLLOUT_ENGINES:-vcap-compiled vcap-graph}
   # 2B GRPO step: repeated layout vs the engine (graph rollouts), and TRL's GRPOTrainer when installed
   name=step-2b; selected "$@" && \
     job $name 120 $python grpo_step.py --shape qwen2-vl-2b "${geometry[@]}" ${VCAP_STEP_MODE:---compare} $peer
@@ -60,10 +60,15 @@ run_jobs() {  # the jobs named on the command line (all when none), in this orde
   # the paper's geometry (7B LoRA, 32 frames 364x420, 512 new tokens, gradient checkpointing), engine only
   name=step-paper; selected "$@" && \
     job $name 80 $python grpo_step.py --shape paper --gradient_checkpointing --engine
-  # the graph of the inductor-compiled step (its compilation is the warm-up)
-  name=rollout-2b-compiled; selected "$@" && \
-    job $name 150 $python rollout.py --shape qwen2-vl-2b "${geometry[@]}" --num_generations ${VCAP_COMPILED_G:-8 64} \
-      --engines vcap-graph vcap-compiled
+  # the profile of both graphs at G = 8: kernels per decode step (benchmarks/decode_kernels.py counts them on CPU),
+  # GPU busy fraction, top kernels, host syncs per step; greedy tokens of both against hf (compiles load from
+  # inductor's cache on disk, written by rollout-2b)
+  name=profile-2b; selected "$@" && \
+    job $name 120 $python rollout.py --shape qwen2-vl-2b "${geometry[@]}" --num_generations 8 \
+      --engines vcap-compiled vcap-graph --warmup 0 --check_greedy --profile
+  # (-o addopts=: in this process; the GPU machine's python may lack pytest-xdist, which setup.cfg's -n asks for)
+  name=gpu-tests; selected "$@" && \
+    job $name 90 $python -m pytest -q -m gpu ../tests/test_graph_decode.py -p no:cacheprovider -o addopts=
   return 0
 }
 run_jobs "$@"

@@ -139,6 +139,9 @@ def run(args, num_generations: int, model, processor, tokenizer, inputs) -> dict
     for name in out:
         if name != "hf" and "hf" in out:
             report[f"{name}_vs_hf"] = round(out[name]["tokens_per_s"] / out["hf"]["tokens_per_s"], 2)
+    if "vcap-compiled" in out and "vcap-graph" in out:  # the compiled step's graph against the eager step's
+        report["vcap-compiled_vs_graph"] = round(out["vcap-compiled"]["tokens_per_s"]
+                                                 / out["vcap-graph"]["tokens_per_s"], 2)
     if args.bandwidth_gbs:
         report["bandwidth_gbs"] = args.bandwidth_gbs
         # a decode step streams every language-model weight once, the LM head included; of the embedding table
@@ -165,7 +168,8 @@ def main():
     p.add_argument("--compile", action="store_true", help="engine vcap (eager) compiles its decode step")
     p.add_argument("--check_greedy", action="store_true", help="greedy tokens of each vcap engine vs hf")
     p.add_argument("--profile", action="store_true",
-                   help="torch.profiler over graph decode steps of vcap-graph: GPU busy fraction, top kernels, syncs")
+                   help="torch.profiler over graph decode steps of vcap-graph and vcap-compiled (those run): kernels "
+                        "per step, GPU busy fraction, top kernels, host syncs")
     p.add_argument("--vllm_memory_utilization", type=float, default=0.3,
                    help="vLLM's share of GPU memory (on CPU: of the machine's memory)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.video_batches import prompt_batch
-from vcap.grpo.decode import decode_step
+from vcap.grpo.decode import decode_step, fused_decode_step
 from vcap.grpo.engines import HFEngine, VcapEngine
 from vcap.grpo.rollout import vision_token_ids
 from vcap.grpo.vision import encode_videos
@@ -145,7 +145,8 @@ def test_compile_gets_the_whole_decode_step_with_static_shapes(monkeypatch, mode
 
     monkeypatch.setattr(torch, "compile", recording_compile)
     runner = VcapEngine(compile=True, compile_mode=mode, compile_backend=backend).runner(torch.device("cpu"))
-    assert calls == [(decode_step, dict(backend=backend, dynamic=False, fullgraph=True, **options))]
+    # the step written for fusion (it takes the model's own forward where it cannot run the layers itself)
+    assert calls == [(fused_decode_step, dict(backend=backend, dynamic=False, fullgraph=True, **options))]
     assert runner.max_buckets == 4 and not runner.cuda_graph
 
 

@@ -1,7 +1,8 @@
 """The decode step that CUDA graphs replay, checked on CPU where it runs eagerly: no host sync, no tensor built
 from Python data, no graph break, every write into a persistent buffer; the engine's tokens against HF
-``generate`` (LoRA merged into rollout copies, repetition penalty, minimum length); the reference untouched.
-GPU-marked tests capture the step and compare replays with the eager loop."""
+``generate`` (LoRA merged into rollout copies, repetition penalty, minimum length); the reference untouched; the
+inductor-compiled fused step against the plain loop (greedy and seeded samples). GPU-marked tests capture the step
+and compare replays with the eager loop."""
 import logging
 from collections import Counter
 
@@ -11,7 +12,7 @@ from peft import LoraConfig
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.video_batches import UNEQUAL, prompt_batch
-from vcap.grpo.decode import Sampling, decode_step, draw_noise
+from vcap.grpo.decode import Sampling, decode_step, draw_noise, fused_decode_step
 from vcap.grpo.engines import HFEngine, VcapEngine
 from vcap.grpo.graphs import DecodeRunner
 from vcap.grpo.rollout import token_logprobs, vision_token_ids
@@ -189,6 +190,40 @@ def test_lora_rollout_copies_leave_the_reference_bit_identical_and_follow_the_ad
     new = engine.generate(policy, prompts, 1, 30, [tok.eos_token_id], tok.pad_token_id, weights_version=1, **greedy)
     hf = HFEngine().generate(policy, prompts, 1, 30, [tok.eos_token_id], tok.pad_token_id, do_sample=False)
     assert torch.equal(new.completion_ids, hf.completion_ids)
+
+
+@pytest.mark.traces
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_the_inductor_compiled_step_gives_the_plain_steps_greedy_tokens(setup, lora_model, use_lora):
+    """VcapEngine(compile=True) with inductor (the fused step, its kernels generated and run) against the plain
+    eager loop, greedy, on unequal prompts; the LoRA policy decodes from merged copies."""
+    model, processor, prompts = setup
+    model = lora_model if use_lora else model
+    tok = processor.tokenizer
+    args = (model, prompts, 2, 30, [tok.eos_token_id], tok.pad_token_id)
+    greedy = dict(do_sample=False, video_features=encode_videos(model, prompts), weights_version=0)
+    plain = VcapEngine(cuda_graph=False).generate(*args, **greedy)
+    compiled = VcapEngine(cuda_graph=False, compile=True).generate(*args, **greedy)
+    assert len(set(map(tuple, plain.completion_ids.tolist()))) > 1
+    assert torch.equal(compiled.completion_ids, plain.completion_ids)
+
+
+@pytest.mark.traces
+def test_the_inductor_compiled_step_gives_the_plain_steps_seeded_samples(setup):
+    """The same runner shape and the same seed: the compiled fused step samples the plain step's tokens
+    (temperature, top-p, minimum length and repetition penalty)."""
+    model, processor, prompts = setup
+    eos = [processor.tokenizer.eos_token_id]
+    sampling = SETTINGS[1]
+    compiled = torch.compile(fused_decode_step, backend="inductor", fullgraph=True, dynamic=False)
+    out = []
+    for step in (decode_step, compiled):
+        runner = DecodeRunner(step=step)
+        out.append(runner.generate(model, prompts, 2, 24, eos, sampling, video_features=encode_videos(model, prompts),
+                                   suppress_tokens=vision_token_ids(model), generator=torch.Generator().manual_seed(9),
+                                   cache_len=prompts["input_ids"].shape[1] + 32))
+    assert any(len(set(map(tuple, group.tolist()))) == 2 for group in out[0].view(3, 2, -1))  # really sampled
+    assert torch.equal(out[1], out[0])
 
 
 def test_stop_checks_every_k_steps_give_the_same_completions(setup):

@@ -13,6 +13,14 @@ sampled step (``draw_noise``) sits outside ``decode_step`` because ``torch.compi
 Sampling follows HF ``generate``'s order: repetition penalty, suppressed tokens and the minimum length, then
 temperature and nucleus (top-p) filtering; a sample is argmax(p / E) with E ~ Exp(1) per token, which draws from p
 (the construction ``torch.multinomial`` itself uses for one sample) without a host sync.
+
+``fused_decode_step`` is the same step written for ``torch.compile`` to fuse (``VcapEngine(compile=True)``): the
+language model's decoder layers run here, on their own modules, with the rotary embedding as a roll (no
+concatenation that inductor writes to memory), the keys and values of a layer written into the static cache with
+one scatter (``static_cache_like`` allocates each layer's keys and values as the two halves of one tensor) and the
+attention of ``vcap.grpo.decode_attention``. Eagerly it computes ``decode_step``'s numbers bit for bit
+(``tests/test_decode_kernels.py``); ``decode_step``, through the model's own forward, stays its slow twin and
+runs whatever ``fusable`` refuses (other families, sharded or wrapped layers).
 """
 from __future__ import annotations
 
@@ -23,8 +31,9 @@ import torch
 from transformers import StaticCache
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 
+from vcap.grpo.decode_attention import grouped_query_attention
 from vcap.grpo.prefix import prompt_positions
-from vcap.grpo.vision import select_features
+from vcap.grpo.vision import core_model, select_features
 
 # transformers renamed forward's past_key_values to cache (5.2x); vLLM 0.32's CPU build brings 5.19
 CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen2VLModel.forward).parameters else "past_key_values"
@@ -155,6 +164,80 @@ def decode_step(model, state: DecodeState, cache: StaticCache, sampling: Samplin
     choose_and_record(logits, state, sampling)
 
 
+# -- the step written for the compiler: the decoder layers here, each a few fusable pieces -------------------------
+FUSABLE = {"Qwen2VLTextModel": "Qwen2VLDecoderLayer", "Qwen2_5_VLTextModel": "Qwen2_5_VLDecoderLayer"}
+
+
+def fusable(model) -> bool:
+    """Whether ``fused_forward`` computes the model's own decode forward: a Qwen2-VL or Qwen2.5-VL language model
+    whose decoder layers are their plain classes (an FSDP-wrapped or ``fully_shard``-ed layer is another class: its
+    forward gathers the weights, so it must be called as a module), full attention only, weights not sharded."""
+    lm = core_model(model).language_model
+    layer_class = FUSABLE.get(type(lm).__name__)
+    return (layer_class is not None and all(type(layer).__name__ == layer_class for layer in lm.layers)
+            and all(kind == "full_attention" for kind in lm.config.layer_types)
+            and type(lm.embed_tokens.weight).__name__ != "DTensor")
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """HF's ``x * cos + rotate_half(x) * sin``, bit for bit, with ``rotate_half(x)`` as a roll by half the head:
+    ``signed_sin`` is sin with its first half negated ((-a) * b == -(a * b) exactly). A roll is an index in the
+    fused kernel; ``rotate_half``'s ``cat`` is a buffer inductor writes out, one more kernel per layer."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+
+
+def write_slot(static, slot: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """A layer's new keys and values into cache slot ``slot``: one scatter into the layer's joint keys-and-values
+    tensor when ``static_cache_like`` made one (``static.kv``), else one per tensor as ``StaticLayer.update``."""
+    joint = getattr(static, "kv", None)
+    if joint is not None:
+        joint.index_copy_(3, slot, torch.stack((keys, values)))
+    else:
+        static.keys.index_copy_(2, slot, keys)
+        static.values.index_copy_(2, slot, values)
+
+
+def fused_forward(model, token: torch.Tensor, attention: torch.Tensor, position: torch.Tensor,
+                  cache: StaticCache) -> torch.Tensor:
+    """``forward_step``'s logits (bit for bit, eagerly) from the decoder layers' own modules (LoRA and merged
+    rollout copies included), for ``torch.compile``: per layer the norm, the three projections, one kernel for
+    the rotary embedding of queries and keys and the cache write, the grouped attention, the output projection,
+    norm + residual, the MLP. Every layer writes the slot of the first layer's ``cumulative_length``; all advance
+    together at the end (as ``StaticLayer.update``, one slot per step)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = core_model(model).language_model
+    rows = token.shape[0]
+    hidden = lm.embed_tokens(token.unsqueeze(1))
+    cos, sin = lm.rotary_emb(hidden, position)  # (rows, 1, head_dim) each, mrope sections recomposed
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = sin.shape[-1] // 2
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # once per step, not per layer
+    visible = attention.bool()[:, None, None, :]  # the padding mask; slots after this token are not yet set
+    slot = cache.layers[0].cumulative_length.view(1)
+    for layer, static in zip(lm.layers, cache.layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        q = attn.q_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+        q, k = rotate(q, cos, signed_sin), rotate(k, cos, signed_sin)
+        write_slot(static, slot, k, v)
+        out, _ = grouped_query_attention(attn, q, static.keys, static.values, visible, scaling=attn.scaling)
+        hidden = hidden + attn.o_proj(out.reshape(rows, 1, -1))
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    for static in cache.layers:
+        static.cumulative_length.add_(1)
+    return base.lm_head(lm.norm(hidden))[:, -1]
+
+
+def fused_decode_step(model, state: DecodeState, cache: StaticCache, sampling: Sampling) -> None:
+    """``decode_step`` through ``fused_forward`` (through the model's forward when not ``fusable``)."""
+    forward = fused_forward if fusable(model) else forward_step
+    logits = forward(model, state.token, state.attention, state.position, cache)
+    state.position += 1
+    choose_and_record(logits, state, sampling)
+
+
 def draw_noise(state: DecodeState, generator: torch.Generator | None = None) -> None:
     """This step's Exp(1) draws, in place (sampling only)."""
     if state.noise is not None:
@@ -188,13 +271,22 @@ def prefill(model, inputs: dict[str, torch.Tensor], video_features=None):
 def static_cache_like(model, prompt_cache, rows: int, cache_len: int) -> StaticCache:
     """A static cache of ``rows`` x ``cache_len`` with the prefill's heads, head sizes and dtypes, allocated now.
 
-    Keys and values take their own dtypes from the prefill: under autocast (fp32 weights, ``bf16-mixed``) the
+    A layer's keys and values of one shape and dtype are the two halves of one tensor (``static.kv``), so
+    ``fused_forward`` writes both with one scatter; ``StaticLayer.update`` writes the halves as before. Keys and
+    values take their own dtypes from the prefill: under autocast (fp32 weights, ``bf16-mixed``) the
     rotary embedding leaves the keys in fp32 while the values come out of the projection in bf16."""
     cache = StaticCache(config=model.config, max_cache_len=cache_len)
     for static, prompt in zip(cache.layers, prompt_cache.layers):
         keys, values = prompt.keys, prompt.values
         static.lazy_initialization(keys.new_empty((rows, keys.shape[1], 0, keys.shape[-1])),
                                    values.new_empty((rows, values.shape[1], 0, values.shape[-1])))
+        if static.keys.shape == static.values.shape and static.keys.dtype == static.values.dtype:
+            joint = torch.zeros((2, *static.keys.shape), dtype=static.keys.dtype, device=static.keys.device)
+            # detached: the halves share the joint's memory without being autograd views of it (a view made
+            # under no_grad may not be written where grad is on)
+            static.kv, static.keys, static.values = joint, joint[0].detach(), joint[1].detach()
+            for t in (joint, static.keys, static.values):
+                torch._dynamo.mark_static_address(t)  # as lazy_initialization does: fixed addresses
     return cache
 
 

@@ -72,7 +72,9 @@ class VcapEngine(RolloutEngine):
         cuda_graph: replay each decode step as a CUDA graph, captured once per shape bucket (null: on CUDA; never
             under FSDP, whose forward gathers weights). A failed capture says why in one warning and that bucket
             runs eagerly (``rollout/cuda_graph`` 0).
-        compile: fuse the decode step with ``torch.compile`` (inductor; captured in the graph when ``cuda_graph``).
+        compile: fuse the decode step with ``torch.compile`` (inductor; captured in the graph when ``cuda_graph``):
+            ``vcap.grpo.decode.fused_decode_step``, the step written for the compiler (Qwen2-VL/2.5-VL layers;
+            others compile the model's own forward).
         compile_mode: torch.compile mode when ``compile`` (null: inductor's default; 'reduce-overhead' is refused
             with cuda_graph, which captures graphs itself).
         compile_backend: torch.compile backend ('inductor'; 'eager' / 'aot_eager' trace only, for tests).
@@ -121,15 +123,15 @@ class VcapEngine(RolloutEngine):
         return device.type == "cuda" if self.cuda_graph is None else bool(self.cuda_graph) and device.type == "cuda"
 
     def runner(self, device: torch.device):
-        from vcap.grpo.decode import decode_step
+        from vcap.grpo.decode import decode_step, fused_decode_step
         from vcap.grpo.graphs import DecodeRunner
 
         if self._runner is None:
             step = decode_step
-            if self.compile:
+            if self.compile:  # the step written for fusion (the model's own forward where it is not fusable)
                 options = {"mode": self.compile_mode} if self.compile_mode and self.compile_backend == "inductor" else {}
-                step = torch.compile(decode_step, backend=self.compile_backend, dynamic=False, fullgraph=True,
-                                     **options)
+                step = torch.compile(fused_decode_step, backend=self.compile_backend, dynamic=False,
+                                     fullgraph=True, **options)
             graphs = self.graphs_on(device)
             self._runner = DecodeRunner(cuda_graph=graphs, step=step, max_buckets=4 if graphs or self.compile else 1)
         return self._runner
