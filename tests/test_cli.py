@@ -251,7 +251,7 @@ def test_manifest_typo_fails_before_anything_runs(tmp_path):
     (line,) = user_error("fit", "--config", ROOT / "configs/demo.yaml", "--data", "CaptionDataModule",
                          "--data.init_args.manifest", manifest, cwd=tmp_path)
     assert line == f"{manifest}:1: unknown field 'evnts'; did you mean 'events'? (valid: video, id, split, " \
-                   "caption, structure, events, sft_caption, sft_structure, prompt, seed, meta)"
+                   "caption, structure, events, sft_caption, sft_structure, qa, prompt, seed, meta)"
 
 
 def test_unknown_bench_lists_valid_names(user_error_in_process):

@@ -170,12 +170,15 @@ def test_logged_metrics_are_the_rollout_and_loss_values(tmp_path, monkeypatch):
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert want[0]["clip_fraction"] == 0 < want[1]["clip_fraction"]  # on-policy at first, clipped after a step
-    assert set(metrics) == set(expected) | {"reward"}
+    timings = {"step/passes_seconds", "step/reward_wait_seconds"}  # durations: present, not comparable
+    assert all(metrics[key] >= 0 for key in timings)
+    assert set(metrics) == set(expected) | {"reward"} | timings
     assert got["progress_bar"] == {"reward": pytest.approx(expected["train/reward"])}  # the only number shown there
-    assert "reward" not in got["logged"] and set(got["logged"]) == set(expected)
+    assert "reward" not in got["logged"] and set(got["logged"]) == set(expected) | timings
     merged_by = {key: tally.reduce for key, tally in exchanged[-1].items() if tally.reduce != "mean"}
     assert merged_by == {"train/reward_failures": "sum", "train/judge_failures": "sum", "data/skipped_videos": "sum",
-                         "rollout/seconds": "max", "rollout/decode_steps": "max", "rollout/tokens_per_s": "sum"}
+                         "rollout/seconds": "max", "rollout/decode_steps": "max", "rollout/tokens_per_s": "sum",
+                         "step/passes_seconds": "max", "step/reward_wait_seconds": "max"}
     # the first 4 samples of the rollout, written once per rollout (after both optimizer steps)
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [(s["step"], s["id"], s["reward"], s["failure"]) for s in samples] == [

@@ -80,7 +80,8 @@ def run_until_stopped(tmp_path, shapes, signum):
     return proc, stderr, exited - judge.signalled_at
 
 
-WALL_CLOCK = {"rollout/seconds", "rollout/tokens_per_s"}  # timings: no two runs share them
+WALL_CLOCK = {"rollout/seconds", "rollout/tokens_per_s", "step/passes_seconds",
+              "step/reward_wait_seconds"}  # timings: no two runs share them
 
 
 def deterministic_columns(path: Path) -> list[dict]:

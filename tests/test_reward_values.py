@@ -265,7 +265,8 @@ def test_caption_f1_failures_of_extraction_or_precision_judging():
 def test_caption_errors_say_what_is_wrong():
     with pytest.raises(ValueError, match=r"^on_failure must be 'zero' or 'exclude', got 'skip'$"):
         build_reward("caption", judge=JUDGE, on_failure="skip")
-    with pytest.raises(ValueError, match=r"^caption metric must be 'recall' \(the paper's Escore\) or 'f1', got 'p'$"):
+    with pytest.raises(ValueError, match=r"^caption metric must be 'recall' \(the paper's Escore\), 'f1' or 'cser' "
+                                         r"\(precision \+ recall\), got 'p'$"):
         build_reward("caption", judge=JUDGE, metric="p")
 
 

@@ -55,11 +55,11 @@ def test_mu_2_logs_the_mean_of_both_iterations(tmp_path, tiny_path, shapes_manif
         per_iteration.append({k: float(v) for k, v in stats.items()})
         return stats
 
-    def spy_log(rollout, rewards, adv, stats, texts, records):
+    def spy_log(rollout, rewards, adv, stats, texts, records, normalized=None):
         logged.update({k: float(v) for k, v in stats.items()})
         logged["clipped"] = truncated(rollout.completion_ids, rollout.completion_mask,
                                       module.eos_token_ids).float().mean().item()
-        return log_rollout(rollout, rewards, adv, stats, texts, records)
+        return log_rollout(rollout, rewards, adv, stats, texts, records, normalized)
 
     module.policy_update, module.log_rollout = spy_update, spy_log
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,

@@ -21,7 +21,7 @@ def read_json(path):
 def metrics(path):
     """Per step, every logged number but the engine's timings (which no two runs share)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in row.items() if not k.startswith("rollout/")} for row in rows]
+    return [{k: v for k, v in row.items() if not k.startswith(("rollout/", "step/"))} for row in rows]
 
 
 def test_vllm_ddp_equals_one_process_on_the_joined_batch(vllm_python, tmp_path):  # noqa: F811
