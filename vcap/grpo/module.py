@@ -106,6 +106,8 @@ class GRPOModule(CaptionPolicyModule):
             raise ValueError("num_iterations and micro_batch_size must be >= 1")
         self.automatic_optimization = False
         self.ref_model = None
+        self.pending_rewards: PendingRewards | ScoredRewards | None = None  # this step's rewards (step_timings)
+        self.passes_seconds = 0.0  # this step's fixed log-prob passes
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -240,11 +242,10 @@ class GRPOModule(CaptionPolicyModule):
 
     def step_timings(self) -> dict[str, Tally]:
         """Seconds of the fixed passes and of the wait for the rewards after them (slowest rank)."""
-        pending = getattr(self, "pending_rewards", None)
-        if pending is None:
+        if self.pending_rewards is None:
             return {}
-        return {"step/passes_seconds": Tally(float(getattr(self, "passes_seconds", 0.0)), reduce="max"),
-                "step/reward_wait_seconds": Tally(float(pending.wait_seconds), reduce="max")}
+        return {"step/passes_seconds": Tally(self.passes_seconds, reduce="max"),
+                "step/reward_wait_seconds": Tally(float(self.pending_rewards.wait_seconds), reduce="max")}
 
     def log_global(self, tallies: dict[str, Tally]) -> None:
         """Log this step's numbers over every rank's samples (a collective: each rank calls it once per step)."""

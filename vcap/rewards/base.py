@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +142,6 @@ class PendingRewards:
         self.wait_seconds = 0.0  # how long ``result()`` waited: the judge time the overlap did not hide
 
     def result(self) -> RewardOutput:
-        import time
-
         start = time.perf_counter()
         outputs = {name: future.result() for name, future in self.futures.items()}
         self.wait_seconds = time.perf_counter() - start
@@ -154,8 +153,6 @@ class ScoredRewards:
     the sequential twin of ``submit``. ``wait_seconds`` is the whole scoring time, all of it on the step's path."""
 
     def __init__(self, reward_set: RewardSet, parsed: list[ParsedCompletion], samples: list[dict]):
-        import time
-
         start = time.perf_counter()
         self.output = reward_set(parsed, samples)
         self.wait_seconds = time.perf_counter() - start
