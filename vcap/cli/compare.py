@@ -5,12 +5,16 @@ then continues from the same warm start on the same training videos with ``sft_c
 spent as many seconds in training steps as GRPO did (data loading and validation are not counted for
 either). All three are validated on the same held-out set and printed side by side; with several
 seeds the table shows mean ± std. Results go to ``<output>/compare.json`` and ``compare.png``.
+
+With ``recipes`` it compares reward recipes instead (``vcap.cli.recipe_compare``): GRPO from the same warm start,
+``grpo_config`` with each recipe stacked on it, the same steps each, side by side.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -22,7 +26,7 @@ log = logging.getLogger(__name__)
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 COLUMNS = ("warm start", "SFT-continued", "GRPO")
 SHOWN = ("think_f1", "think_attribute_f1", "think_action_f1", "caption_event_f1", "caption_event_recall",
-         "caption_event_precision", "reward")
+         "caption_event_precision", "qa_accuracy", "reward")
 
 
 class TrainClock(L.Callback):
@@ -49,15 +53,17 @@ class TrainClock(L.Callback):
             trainer.should_stop = True
 
 
-def _fit(config: str, seed: int, output: Path, name: str, clock: TrainClock) -> tuple[dict, dict]:
-    """Fit one recipe in-process; returns (metrics before training or {}, metrics after) on its val set."""
+def _fit(config: str | list[str], seed: int, output: Path, name: str, clock: TrainClock) -> tuple[dict, dict]:
+    """Fit one recipe in-process (several config files stack, later ones win); returns (metrics before training or
+    {}, metrics after) on its val set."""
     from vcap.training.callbacks import ValidationReport
     from vcap.cli.parser import VcapCLI
     from vcap.training.trainer import VcapTrainer
     from vcap.data.datamodule import CaptionDataModule
     from vcap.methods.policy import CaptionPolicyModule
 
-    args = ["--config", config, "--seed_everything", str(seed),
+    configs = [config] if isinstance(config, str) else config
+    args = [arg for path in configs for arg in ("--config", path)] + ["--seed_everything", str(seed),
             "--trainer.logger.init_args.save_dir", str(output), "--trainer.logger.init_args.name", name]
     cli = VcapCLI(CaptionPolicyModule, CaptionDataModule, subclass_mode_model=True, subclass_mode_data=True,
                   trainer_class=VcapTrainer, args=args, run=False)
@@ -86,53 +92,62 @@ def run_seed(grpo_config: str, sft_config: str, seed: int, output: Path, clock: 
     return {"warm start": warm, "SFT-continued": sft, "GRPO": grpo}
 
 
-def summarize(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, dict[str, float]]]:
-    """column -> metric -> {mean, std, values} over seeds (std 0 for a single seed)."""
+def summarize(per_seed: list[dict[str, dict]], columns: tuple[str, ...] = COLUMNS
+              ) -> dict[str, dict[str, dict[str, float]]]:
+    """column -> metric -> {mean, std, values} over seeds (std 0 for a single seed). A metric that is NaN or null in
+    some seed (nothing scored) has mean and std None, shown as n/a: never a number made of the other seeds."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for column in COLUMNS:
+    for column in columns:
         keys = sorted(set.intersection(*(set(run[column]) for run in per_seed)))
         out[column] = {}
         for key in keys:
-            values = [float(run[column][key]) for run in per_seed]
+            values = [float(run[column][key]) if run[column][key] is not None else math.nan for run in per_seed]
+            if any(math.isnan(v) for v in values):  # nothing scored in some seed: n/a (JSON null), never a number
+                out[column][key] = {"mean": None, "std": None, "values": [None if math.isnan(v) else v
+                                                                          for v in values]}
+                continue
             out[column][key] = {"mean": statistics.fmean(values),
                                 "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
     return out
 
 
-def print_table(summary: dict, seeds: list[int]) -> None:
+def print_table(summary: dict, seeds: list[int], columns: tuple[str, ...] = COLUMNS, shown: tuple[str, ...] = SHOWN,
+                title: str = "held-out comparison") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"held-out comparison, seeds {seeds} (mean ± std)")
+    table = Table(title=f"{title}, seeds {seeds} (mean ± std)")
     table.add_column("metric")
-    for column in COLUMNS:
+    for column in columns:
         table.add_column(column, justify="right")
-    keys = [k for k in SHOWN if all(k in summary[c] for c in COLUMNS)]
+    keys = [k for k in shown if any(k in summary[c] for c in columns)]
     keys += ["train_seconds", "train_cpu_seconds", "train_steps"]
     for key in keys:
         cells = []
-        for column in COLUMNS:
+        for column in columns:
             cell = summary[column].get(key)
-            cells.append("-" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}")
+            cells.append("-" if cell is None else "n/a" if cell["mean"] is None
+                         else f"{cell['mean']:.3f} ± {cell['std']:.3f}")
         table.add_row(key, *cells)
     Console().print(table)
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(summary: dict, path: Path, columns: tuple[str, ...] = COLUMNS, shown: tuple[str, ...] = SHOWN[:-1],
+         title: str = "held-out metrics: warm start vs SFT-continued vs GRPO (matched training time)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in SHOWN[:-1] if all(k in summary[c] for c in COLUMNS)]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(COLUMNS)
-    for i, column in enumerate(COLUMNS):
+    keys = [k for k in shown if all(summary[c].get(k, {}).get("mean") is not None for c in columns)]
+    fig, ax = plt.subplots(figsize=(max(10, 1.6 * len(keys) * len(columns) / 3), 4))
+    width = 0.8 / len(columns)
+    for i, column in enumerate(columns):
         xs = [k + i * width for k in range(len(keys))]
         ax.bar(xs, [summary[column][k]["mean"] for k in keys], width, yerr=[summary[column][k]["std"] for k in keys],
                capsize=3, label=column)
-    ax.set_xticks([k + width for k in range(len(keys))], keys, rotation=15, fontsize=8)
-    ax.set(title="held-out metrics: warm start vs SFT-continued vs GRPO (matched training time)", ylabel="score")
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys, rotation=15, fontsize=8)
+    ax.set(title=title, ylabel="score")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -154,25 +169,36 @@ def finished_seeds(path: Path, settings: dict) -> dict[int, dict]:
 
 
 def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/demo/sft_continue.yaml",
-            seeds: list[int] | None = None, output: str = "runs/demo-compare",
+            recipes: list[str] | None = None, seeds: list[int] | None = None, output: str | None = None,
             clock: Literal["wall", "cpu"] = "wall") -> dict:
     """Run the comparison and print the table.
 
     Args:
         grpo_config: the GRPO recipe (must validate before fit, so the warm start is scored).
         sft_config: the SFT recipe continuing from the same warm start on the same training videos.
+        recipes: reward recipes to compare instead of SFT vs GRPO: YAML files each stacked on grpo_config (e.g.
+            configs/demo/rewards/*.yaml), trained the same steps from the same warm start and shown side by side,
+            columns named by file name. sft_config and clock are not used then.
         seeds: one full comparison per seed (default [0]); several seeds give mean ± std.
-        output: folder for the runs, compare.json and compare.png; seeds already in its compare.json (same configs
-            and clock) are reused, not run again.
+        output: folder for the runs, compare.json and compare.png (default runs/demo-compare, with recipes
+            runs/reward-compare); runs already in its compare.json (same configs and clock) are reused, not run
+            again.
         clock: what "the same training time" means: 'wall' seconds, or 'cpu' seconds of this process (all its
             threads). CPU seconds are less sensitive to other programs loading the machine during one of the two
             runs, not immune: waiting torch threads spin, so a crowded run still spends more of them per step.
     """
+    seeds = [0] if seeds is None else seeds
+    if recipes is not None:
+        from vcap.cli.recipe_compare import compare_recipes
+
+        if not recipes:
+            raise SystemExit("--recipes: give at least one recipe file, e.g. '[configs/demo/rewards/escore.yaml]'")
+        return compare_recipes(grpo_config, recipes, seeds, output or "runs/reward-compare")
+    output = output or "runs/demo-compare"
     configs = {"grpo_config": grpo_config, "sft_config": sft_config}
     for name, path in configs.items():
         if not Path(path).is_file():
             raise SystemExit(f"--{name}: no such config file {path!r}")
-    seeds = [0] if seeds is None else seeds
     out = Path(output)
     settings = {"clock": clock, **configs,
                 "config_sha256": {name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for name, p in configs.items()}}

@@ -1,5 +1,9 @@
-"""torchmetrics classes for validation: ``ThinkF1`` and ``CaptionScore``. States are sums, so DDP sync is exact."""
+"""torchmetrics classes for validation: ``ThinkF1``, ``CaptionScore`` and ``QAAccuracy``. States are sums, so DDP
+sync is exact."""
 from __future__ import annotations
+
+import hashlib
+import random
 
 import torch
 from torchmetrics import Metric
@@ -8,6 +12,7 @@ from vcap.judges import Judge, build_judge
 from vcap.rewards.caption import escore
 from vcap.rewards.matching import f1_from_counts
 from vcap.rewards.parsing import Subject
+from vcap.rewards.qa import UNANSWERABLE, check_qa
 from vcap.rewards.think import ThinkScorer
 
 
@@ -109,3 +114,64 @@ class CaptionScore(Metric):
         return {k: v.float() for k, v in dict(event_recall=recall, event_precision=precision, event_f1=f1,
                                               escore=self.escore / n, failed=self.failed,
                                               no_events=self.no_events).items()}
+
+
+def held_out_asks(qa: list[dict], record_id: str) -> list[tuple[str, list[str], int]]:
+    """Every question of a record once, as (question, options, right index): options in an order fixed by the record
+    and question alone (never by the caption), so every model and checkpoint is asked exactly the same, and
+    ``UNANSWERABLE`` last."""
+    asks = []
+    for k, item in enumerate(qa):
+        key = hashlib.blake2b(f"held-out\x00{record_id}\x00{k}".encode(), digest_size=8).digest()
+        options = list(item["options"])
+        random.Random(int.from_bytes(key, "big")).shuffle(options)
+        asks.append((item["question"], [*options, UNANSWERABLE], options.index(item["answer"])))
+    return asks
+
+
+class QAAccuracy(Metric):
+    """Held-out caption-to-QA accuracy: the share of the records' multiple-choice questions (their ``qa``) that
+    ``judge`` answers right from the caption alone, each question asked once (micro over questions).
+
+    Whatever the training rewards are, so recipes with and without the QA reward are compared on the same questions.
+    ``unanswerable``: the share answered "the caption does not say". Records without questions are not scored; a
+    failed answer is counted (``failed``), never wrong. No question scored: NaN.
+    """
+
+    full_state_update = False
+
+    def __init__(self, judge: Judge, **kwargs):
+        super().__init__(**kwargs)
+        # a judge that cannot answer multiple-choice questions (the base class's answer_choices) scores nothing
+        self.judge = judge if type(judge).answer_choices is not Judge.answer_choices else None
+        for key in ("right", "unanswerable", "asked", "failed", "records"):
+            self.add_state(key, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, captions: list[str | None], records: list[dict]) -> None:
+        requests, right_index = [], []
+        sums = dict.fromkeys(("right", "unanswerable", "asked", "failed", "records"), 0.0)
+        if self.judge is None:
+            return
+        for caption, record in zip(captions, records, strict=True):
+            qa = check_qa(record)
+            if not qa:
+                continue
+            sums["records"] += 1
+            for question, options, right in held_out_asks(qa, str(record.get("id", record.get("video", "")))):
+                requests.append((caption or "", question, options))
+                right_index.append((right, len(options) - 1))
+        replies = self.judge.answer_choices(requests) if requests else []
+        for (choice, _error), (right, cannot_say) in zip(replies, right_index, strict=True):
+            if choice is None:
+                sums["failed"] += 1
+                continue
+            sums["asked"] += 1
+            sums["right"] += float(choice == right)
+            sums["unanswerable"] += float(choice == cannot_say)
+        for key, value in sums.items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.asked if self.asked > 0 else torch.tensor(float("nan"), dtype=self.asked.dtype)
+        return {k: v.float() for k, v in dict(accuracy=self.right / n, unanswerable=self.unanswerable / n,
+                                              failed=self.failed, records=self.records).items()}

@@ -16,7 +16,7 @@ from vcap.training.distributed import (all_reduce_gradients, check_strategy_supp
                               take_over_ddp_gradient_sync)
 from vcap.errors import UsageError
 from vcap.grpo.engines import sample_completions
-from vcap.methods.metrics import CaptionScore, ThinkF1
+from vcap.methods.metrics import CaptionScore, QAAccuracy, ThinkF1
 from vcap.model.export import export_model
 from vcap.model.export_sharded import export_from_shards
 from vcap.model.loading import as_peft_config, count_parameters, load_policy, load_processor
@@ -94,6 +94,11 @@ class CaptionPolicyModule(L.LightningModule):
         caption_judge = getattr(caption_reward, "judge", None) or caption_opts.get("judge", "lexical")
         self.caption_score = CaptionScore(judge=caption_judge, judge_options=caption_opts.get("judge_options"),
                                           mode=caption_opts.get("mode", "step"))
+        # held-out QA accuracy on records with questions, whichever rewards train: the QA reward's judge if there
+        # is one, else the caption metric's
+        qa_reward = self.reward_set.rewards.get("qa")
+        # (none when that judge cannot answer multiple-choice questions, e.g. 'embedding': no QA columns then)
+        self.qa_accuracy = QAAccuracy(judge=getattr(qa_reward, "judge", None) or self.caption_score.judge)
         self.model = None
         self.processor = None
         self.skipped_videos = 0
@@ -110,7 +115,8 @@ class CaptionPolicyModule(L.LightningModule):
         """What produced the numbers: model and judges, written into validation.json."""
         judges = {name: r.judge.describe() for name, r in self.reward_set.rewards.items() if hasattr(r, "judge")}
         return {"model": self.hparams.name_or_path, "judges": judges,
-                "caption_metric_judge": self.caption_score.judge.describe()}
+                "caption_metric_judge": self.caption_score.judge.describe(),
+                "qa_metric_judge": self.qa_accuracy.judge.describe() if self.qa_accuracy.judge else None}
 
     # -- model ----------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -209,6 +215,9 @@ class CaptionPolicyModule(L.LightningModule):
                                      **{f"val/reward/{k}": (v, ~v.isnan()) for k, v in rewards.components.items()}
                                      }.items():
             self.val_tallies[name] = add_tallies(self.val_tallies.get(name), mean_of(values[keep]))
+        # what a reward teaches shows in the captions' length too (e.g. listing every detail for QA)
+        words = [len(p.answer.split()) for p in parsed if p.answer is not None]
+        self.val_tallies["val/caption_words"] = add_tallies(self.val_tallies.get("val/caption_words"), mean_of(words))
         self.val_tallies["val/judge_failures"] = add_tallies(self.val_tallies.get("val/judge_failures"),
                                                              Tally(float(rewards.failed.sum()), reduce="sum"))
         for name, mask in rewards.no_reference_by.items():
@@ -217,6 +226,7 @@ class CaptionPolicyModule(L.LightningModule):
         self.think_f1.update([p.subjects for p in parsed], [subjects_from_json(r["structure"]) for r in records])
         self.caption_score.update([p.answer for p in parsed], [sample_events(r) for r in records],
                                   [r.get("caption", "") for r in records])
+        self.qa_accuracy.update([p.answer for p in parsed], records)
         if batch_idx == 0:
             log.info("val sample %s: %s", records[0].get("id"), texts[0][:300])
 
@@ -232,8 +242,18 @@ class CaptionPolicyModule(L.LightningModule):
             self.log(f"val/think_{name}", value)
         for name, value in self.caption_score.compute().items():
             self.log(f"val/caption_{name}", value)
+        for name, value in self.qa_held_out().items():
+            self.log(f"val/qa_{name}", value)
         self.think_f1.reset()
         self.caption_score.reset()
+        self.qa_accuracy.reset()
+
+    def qa_held_out(self) -> dict[str, torch.Tensor]:
+        """QA accuracy, the share answered "does not say" and failed answers; nothing when no record had
+        questions (a manifest without ``qa`` gets no QA columns)."""
+        metrics = self.qa_accuracy.compute()
+        records = metrics.pop("records")
+        return metrics if records > 0 else {}
 
     def partial_validation_metrics(self) -> dict[str, float]:
         """The think and caption metrics over the validation batches done so far (an interrupted run keeps them);
@@ -242,6 +262,7 @@ class CaptionPolicyModule(L.LightningModule):
             return {}
         metrics = {f"think_{k}": float(v) for k, v in self.think_f1.compute().items()}
         metrics.update({f"caption_{k}": float(v) for k, v in self.caption_score.compute().items()})
+        metrics.update({f"qa_{k}": float(v) for k, v in self.qa_held_out().items()})
         return metrics
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
