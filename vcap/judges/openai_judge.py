@@ -16,6 +16,7 @@ import os
 from vcap.signals import Interrupted, polled, requested
 from vcap.judges.base import register_judge
 from vcap.judges.llm import LLMJudge
+from vcap.judges.loop import run_on_loop
 from vcap.judges.urls import masked, without_credentials
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class OpenAIJudge(LLMJudge):
         self._url, self._auth_headers = without_credentials(base_url)
         self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
         self.response_format = response_format
+        self._async_client: tuple[int, object] | None = None  # (pid, AsyncOpenAI), made on first call
         self.structured_output = response_format != "none"
         # the forms still to try, best first; 'auto' drops a form the server rejects
         self._forms = {"auto": ["json_schema", "json_object", "none"], "none": ["none"]}.get(
@@ -137,10 +139,7 @@ class OpenAIJudge(LLMJudge):
         from openai import APIStatusError, AsyncOpenAI
 
         async def main():
-            # default headers win over the SDK's own: basic auth from the URL replaces the Bearer key
-            client = AsyncOpenAI(base_url=self._url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
-                                 timeout=self.timeout, max_retries=self.max_retries,
-                                 default_headers=self._auth_headers or None)
+            client = self._client(AsyncOpenAI)
             semaphore = asyncio.Semaphore(self.concurrency)
 
             async def one(i: int, messages: list[dict], sampling: dict) -> None:
@@ -185,6 +184,18 @@ class OpenAIJudge(LLMJudge):
             finally:
                 for task in tasks:
                     task.cancel()
-                await client.close()
         with polled():  # the loop below stops on a signal itself; the handler raising inside the loop would not
-            asyncio.run(main())
+            run_on_loop(main())
+
+    def _client(self, client_class):
+        """This judge's client, made once per process on the judge loop (``vcap.judges.loop``) and reused."""
+        if self._async_client is None or self._async_client[0] != os.getpid():
+            # default headers win over the SDK's own: basic auth from the URL replaces the Bearer key
+            client = client_class(base_url=self._url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
+                                  timeout=self.timeout, max_retries=self.max_retries,
+                                  default_headers=self._auth_headers or None)
+            self._async_client = (os.getpid(), client)
+        return self._async_client[1]
+
+    def __getstate__(self):  # DDP spawn / deep copies: a client belongs to its process's loop, a copy makes its own
+        return {**self.__dict__, "_async_client": None}
