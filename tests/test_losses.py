@@ -28,6 +28,20 @@ def test_zero_std_group_gets_zero_advantage_and_is_reported():
     assert adv.zero_std.float().mean().item() == 0.5
 
 
+def test_equal_rewards_whose_float_mean_rounds_away_still_get_zero_advantage():
+    # eight float32 0.91s: their float mean is not 0.91 (r - mean = 6e-8), so a std threshold saw a spread and gave
+    # advantages of (r - mean) / (6e-8 + 1e-4) instead of 0
+    rewards = torch.full((8,), 0.91)
+    assert (rewards - rewards.sum() / 8).abs().max() > 0  # the rounding this guards against
+    for scale in ("group", "none"):
+        adv = group_advantages(torch.cat([rewards, torch.tensor([0.0, 1.0] * 4)]), 8, scale=scale)
+        assert adv.advantages[:8].tolist() == [0.0] * 8 and adv.zero_std.tolist() == [True, False]
+        assert adv.group_std[0].item() == 0.0
+    # one member left out of its group (valid false) does not make the others' equal rewards a spread
+    adv = group_advantages(torch.tensor([0.91, 0.91, 0.91, 5.0]), 4, valid=torch.tensor([True, True, True, False]))
+    assert adv.advantages.tolist() == [0.0] * 4 and adv.zero_std.tolist() == [True]
+
+
 def test_scale_none_only_centres():
     adv = group_advantages(torch.tensor([3.0, 1.0]), num_generations=2, scale="none")
     assert adv.advantages.tolist() == [1.0, -1.0]

@@ -34,7 +34,12 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale: str = "
     centered = torch.where(keep, grouped - mean, torch.zeros_like(grouped))
     # sample (Bessel-corrected) std, as torch.std in TRL and verl; one valid member -> std 0
     std = ((centered ** 2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
-    zero_std = std.squeeze(1) < 1e-8
+    # equal rewards by comparison, not by std < threshold: the float mean of equal values can round away from them
+    # (eight float32 0.91s give r - mean = 6e-8, so std 6e-8 and advantages of up to 2e-3 instead of 0)
+    highest = torch.where(keep, grouped, torch.full_like(grouped, -torch.inf)).amax(dim=1, keepdim=True)
+    lowest = torch.where(keep, grouped, torch.full_like(grouped, torch.inf)).amin(dim=1, keepdim=True)
+    zero_std = (highest <= lowest).squeeze(1)  # all valid rewards equal (or fewer than two valid)
+    std = torch.where(zero_std.unsqueeze(1), torch.zeros_like(std), std)
     adv = centered / (std + eps) if scale == "group" else centered
     adv = torch.where(zero_std.unsqueeze(1) | ~keep, torch.zeros_like(adv), adv)
     return Advantages(adv.reshape(-1), zero_std, std.squeeze(1))
