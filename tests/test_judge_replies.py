@@ -80,7 +80,28 @@ def test_fit_with_credentials_in_the_judge_url_runs_and_prints_no_password(tmp_p
     assert "secret" not in (tmp_path / "runs/demo-grpo/version_0/metrics.csv").read_text()
     cache = (tmp_path / "judge_cache.sqlite").read_bytes()  # who answered each cached reply: masked
     assert b"secret" not in cache and b"user:***@127.0.0.1" in cache
-    # (config.yaml, hparams.yaml and checkpoints keep the option as given: README, "Judges")
+    # run files keep the option as given, so a password written out gets one warning saying how to keep it out
+    assert out.stderr.count("carries its password written out") == 1, out.stderr[-3000:]
+    assert "secret" in (tmp_path / "runs/demo-grpo/version_0/config.yaml").read_text()
+
+
+def test_a_password_placeholder_is_read_from_the_environment_and_kept_out_of_run_files(tmp_path):
+    with ScriptedServer(lambda body: ("reply", VERDICTS if "Statements" in body["messages"][-1]["content"]
+                                      else '{"events": ["a red circle moves"]}')) as server:
+        url = with_credentials(server.url, "${VCAP_TEST_JUDGE_PASSWORD}")
+        args = judged_demo(tmp_path / "shapes", url, "--trainer.max_steps", "1", "--trainer.validate_before_fit",
+                           "false", "--trainer.limit_val_batches", "0")
+        out = vcap(*args, cwd=tmp_path, env={"VCAP_TEST_JUDGE_PASSWORD": "hunter2"})
+        assert server.requests and all(h["authorization"] == basic("user", "hunter2") for h in server.headers)
+        missing = vcap(*args, cwd=tmp_path, check=False)
+    assert "carries its password" not in out.stderr
+    run = tmp_path / "runs/demo-grpo/version_0"
+    saved = [(run / "config.yaml").read_text(), (run / "hparams.yaml").read_text(), out.stdout + out.stderr]
+    saved += [p.read_bytes().decode("latin-1") for p in run.rglob("*.ckpt")]
+    assert "${VCAP_TEST_JUDGE_PASSWORD}" in saved[0] and not any("hunter2" in text for text in saved)
+    assert missing.returncode != 0
+    assert "names ${VCAP_TEST_JUDGE_PASSWORD}, which is not set in the environment" in missing.stderr
+    assert "Traceback" not in missing.stderr, missing.stderr[-2000:]
 
 
 def test_a_proxy_html_page_is_a_failed_judgment_named_by_its_content_type(tmp_path):

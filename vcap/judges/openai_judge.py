@@ -17,10 +17,13 @@ from vcap.signals import Interrupted, polled, requested
 from vcap.judges.base import register_judge
 from vcap.judges.llm import LLMJudge
 from vcap.judges.loop import run_on_loop
-from vcap.judges.urls import masked, without_credentials
+from vcap.judges.urls import has_literal_password, masked, without_credentials
 
 log = logging.getLogger(__name__)
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
+
+
+_WARNED_PASSWORDS: set[str] = set()  # masked URLs already warned about (the reward and the metric share a judge)
 
 
 class NotAChatReply(Exception):
@@ -103,6 +106,12 @@ class OpenAIJudge(LLMJudge):
         # shown everywhere masked; the client gets the URL without credentials and their basic-auth header
         self.base_url, self.api_key_env = masked(base_url), api_key_env
         self._url, self._auth_headers = without_credentials(base_url)
+        if has_literal_password(base_url) and self.base_url not in _WARNED_PASSWORDS:
+            _WARNED_PASSWORDS.add(self.base_url)
+            log.warning("the judge URL %s carries its password written out, and run files (config.yaml, "
+                        "hparams.yaml, checkpoints) keep the URL as given: write it as ${NAME} (e.g. "
+                        "http://user:${JUDGE_PASSWORD}@host/v1) and export NAME, so they keep only the placeholder",
+                        self.base_url)
         self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
         self.response_format = response_format
         self._async_client: tuple[int, object] | None = None  # (pid, AsyncOpenAI), made on first call

@@ -6,11 +6,42 @@ without them and an ``Authorization: Basic ...`` header instead (percent-encoded
 password with ``@`` is written ``%40``). That header replaces the ``Bearer`` API key; a URL without credentials
 keeps the key. Whatever vcap prints, logs or writes (messages, ``describe()``, results, the reply cache's record of
 who answered) shows the URL masked: ``http://user:***@host:8001/v1``.
+
+A URL is saved as written in ``config.yaml``, ``hparams.yaml`` and checkpoints (a resume or a rerun needs it), so a
+password is better written as a placeholder, ``http://user:${JUDGE_PASSWORD}@host:8001/v1``: ``${NAME}`` in the user
+or password is read from the environment when the judge connects, and the files keep only the placeholder. A literal
+password gets one warning saying so.
 """
 from __future__ import annotations
 
 import base64
+import os
+import re
 from urllib.parse import unquote, urlsplit, urlunsplit
+
+from vcap.errors import UsageError
+
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _from_environment(text: str, url: str) -> str:
+    """``${NAME}`` replaced by that environment variable; one line naming it when it is not set."""
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise UsageError(f"the judge URL {masked(url)} names ${{{name}}}, which is not set in the environment: "
+                             f"export {name}=... before the run")
+        return os.environ[name]
+    return PLACEHOLDER.sub(value, text)
+
+
+def has_literal_password(url: str) -> bool:
+    """The URL carries a password written out (not only ``${NAME}`` placeholders): it would be saved as written."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return False
+    return bool(password) and bool(PLACEHOLDER.sub("", unquote(password)))
 
 
 def _netloc_without_userinfo(parts) -> str:
@@ -25,7 +56,8 @@ def without_credentials(url: str) -> tuple[str, dict[str, str]]:
         return url, {}
     if "@" not in parts.netloc:
         return url, {}
-    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    user = _from_environment(unquote(parts.username or ""), url)
+    password = _from_environment(unquote(parts.password or ""), url)
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     clean = urlunsplit(parts._replace(netloc=_netloc_without_userinfo(parts)))
     return clean, {"Authorization": f"Basic {token}"}
