@@ -80,3 +80,43 @@ def test_caption_reward_end_to_end(server_url, tmp_path):
     out = reward(completions, [sample, sample])
     assert not out.failures, out.failures
     assert all(0.0 <= s <= 1.0 for s in out.scores.tolist())
+
+
+def test_qa_reward_and_question_making_end_to_end(server_url, tmp_path):
+    """The QA reward and ``vcap annotate --fields '[qa]'`` through the real server: every answer names an option
+    (constrained output), every question written passes the manifest's checks, and made = kept + dropped."""
+    import re
+
+    from vcap.rewards import build_reward, parse_completion
+    from vcap.rewards.qa import check_qa
+
+    qa = [{"question": "What colour is the cup?", "options": ["red", "blue", "green"], "answer": "red"},
+          {"question": "What does the man do?", "options": ["drinks", "sleeps", "runs"], "answer": "drinks"}]
+    sample = {"id": "s", "qa": qa}
+    completions = [parse_completion("<think>[]</think><answer>A man picks up a red cup and drinks.</answer>"),
+                   parse_completion("<think>[]</think><answer>A video.</answer>")]
+    reward = build_reward("qa", judge="openai", judge_options=options(server_url, tmp_path), asks=4)
+    out = reward(completions, [sample, sample])
+    assert not out.failures, out.failures
+    assert all(s in (0.0, 0.25, 0.5, 0.75, 1.0) for s in out.scores.tolist())
+
+    rows = [{"id": "a", "video": "a.mp4", "caption": "A man picks up a red cup and drinks from it.",
+             "events": ["a man picks up a red cup", "the man drinks from the cup"]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = subprocess.run([sys.executable, "-m", "vcap.cli", "annotate", "--input", str(tmp_path / "in.jsonl"),
+                             "--output", str(tmp_path / "out.jsonl"), "--fields", "[qa]", "--questions", "2",
+                             "--judge_options", json.dumps(options(server_url, tmp_path))],
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    counts = {k: int(v) for k, v in re.findall(r"│ (qa_questions_\w+)\s+│\s+(\d+) │", result.stderr)}
+    assert counts["qa_questions_made"] == sum(v for k, v in counts.items() if k != "qa_questions_made"), counts
+    if result.returncode == 0:
+        (row,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        check_qa(row)  # whatever was kept is a well-formed question
+        assert counts["qa_questions_kept"] == len(row.get("qa") or [])
+    else:  # SmolLM2-135M mostly copies the reply template ("options": ["...", "..."]): refused, named, nothing written
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1].startswith(
+            "vcap: error: vcap annotate: no record could be annotated (1 failed, e.g. a: qa: "), result.stderr[-3000:]
+        assert "reply has no well-formed question" in result.stderr and not (tmp_path / "out.jsonl").exists()
