@@ -15,7 +15,7 @@ import logging
 import math
 from pathlib import Path
 
-from vcap.cli.compare import TrainClock, _fit, plot, print_table, summarize
+from vcap.cli.comparison import TrainClock, fit_recipe, plot, print_table, summarize
 
 log = logging.getLogger(__name__)
 WARM = "warm start"
@@ -80,7 +80,7 @@ def compare_recipes(grpo_config: str, recipes: list[str], seeds: list[int], outp
             if name in done:
                 log.info("seed %d, %s: reusing its finished run from %s", seed, name, out / "compare.json")
                 continue
-            warm, after = _fit([grpo_config, recipe], seed, out, f"seed{seed}/{name}", TrainClock())
+            warm, after = fit_recipe([grpo_config, recipe], seed, out, f"seed{seed}/{name}", TrainClock())
             if not warm:
                 raise SystemExit(f"--grpo_config: {grpo_config} with {recipe} must set trainer.validate_before_fit: "
                                  "true, so the warm start is scored")
