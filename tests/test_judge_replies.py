@@ -35,6 +35,20 @@ def free_port_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
 
 
+def test_placeholders_by_hand(monkeypatch):
+    from vcap.errors import UsageError
+    from vcap.judges.urls import has_literal_password
+
+    monkeypatch.setenv("VCAP_PW", "p@ss")
+    monkeypatch.setenv("VCAP_EMPTY", "")
+    assert without_credentials("http://u:${VCAP_PW}@h:1/v1") == ("http://h:1/v1", {"Authorization": basic("u", "p@ss")})
+    assert not has_literal_password("http://u:${VCAP_PW}@h/v1") and has_literal_password("http://u:x${VCAP_PW}@h/v1")
+    assert not has_literal_password("http://h/v1") and not has_literal_password("http://u@h/v1")
+    for name, why in (("VCAP_UNSET_FOR_TEST", "not set"), ("VCAP_EMPTY", "empty")):
+        with pytest.raises(UsageError, match=rf"names \${{{name}}}, which is {why} in the environment"):
+            without_credentials(f"http://u:${{{name}}}@h/v1")
+
+
 def test_masking_and_splitting_by_hand():
     assert masked("http://user:secret@127.0.0.1:8001/v1") == "http://user:***@127.0.0.1:8001/v1"
     assert masked("https://user@host/v1") == "https://user@host/v1"  # no password: nothing to hide
@@ -98,7 +112,9 @@ def test_a_password_placeholder_is_read_from_the_environment_and_kept_out_of_run
     run = tmp_path / "runs/demo-grpo/version_0"
     saved = [(run / "config.yaml").read_text(), (run / "hparams.yaml").read_text(), out.stdout + out.stderr]
     saved += [p.read_bytes().decode("latin-1") for p in run.rglob("*.ckpt")]
-    assert "${VCAP_TEST_JUDGE_PASSWORD}" in saved[0] and not any("hunter2" in text for text in saved)
+    token = base64.b64encode(b"user:hunter2").decode()  # nor as the Authorization header's token
+    assert "${VCAP_TEST_JUDGE_PASSWORD}" in saved[0]
+    assert not any("hunter2" in text or token in text for text in saved)
     assert missing.returncode != 0
     assert "names ${VCAP_TEST_JUDGE_PASSWORD}, which is not set in the environment" in missing.stderr
     assert "Traceback" not in missing.stderr, missing.stderr[-2000:]

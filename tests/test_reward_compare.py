@@ -34,6 +34,9 @@ def test_recipes_side_by_side_with_qa_accuracy_resumed_and_never_mixed(tmp_path)
     assert "reward recipes on grpo.yaml" in out.stdout and "qa_accuracy" in out.stdout
     result = json.loads((tmp_path / "cmp/compare.json").read_text())
     assert result["complete_seeds"] == [0, 1]
+    judges = result["metric_judges"]  # one judge scored every column's held-out metrics
+    assert set(judges) == {"escore", "qa"} and judges["escore"] == judges["qa"]
+    assert judges["qa"]["qa_metric_judge"] == {"backend": "lexical"}
     for seed in ("0", "1"):
         run = result["runs"][seed]
         assert set(run) == {"warm start", "escore", "qa"}
@@ -89,6 +92,10 @@ def test_qa_accuracy_by_hand():
           {"question": "What shape?", "options": ["circle", "square"], "answer": "circle"}]
     records = [{"id": "a", "qa": qa}, {"id": "b"}, {"id": "c", "qa": qa[:1]}]
     asks = {r["id"]: held_out_asks(r["qa"], r["id"]) for r in records if "qa" in r}
+    for rid, items in asks.items():  # each ask: the question, its options shuffled, the answer's index, then UNANSWERABLE
+        for (question, options, right), item in zip(items, qa):
+            assert question == item["question"] and options[right] == item["answer"]
+            assert sorted(options[:-1]) == sorted(item["options"]) and options[-1] == UNANSWERABLE
     right = [asks["a"][0][2], asks["a"][1][2], asks["c"][0][2]]
     # a: first right, second "does not say"; b: no questions, not asked; c: a failed answer
     judge = ScriptedChoices([right[0], len(asks["a"][1][1]) - 1, None])
@@ -103,6 +110,8 @@ def test_qa_accuracy_by_hand():
     metric.update(["cap c"], [records[2]])  # states add up across batches
     assert metric.compute()["accuracy"] == pytest.approx(2 / 3)
     assert held_out_asks(qa, "a") == asks["a"]  # fixed by record and question: every model is asked the same
+    orders = {tuple(held_out_asks(qa, f"r{k}")[0][1]) for k in range(20)}
+    assert len(orders) > 1  # ... and shuffled per record, so the right answer is not always in one place
 
 
 def test_qa_accuracy_with_the_lexical_answerer_and_without_questions():
@@ -129,3 +138,36 @@ def test_the_shipped_reward_comparison_names_every_recipe():
     shipped = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs/demo/rewards").glob("*.yaml"))
     assert sorted(config.recipes) == shipped and config.seeds == [0, 1, 2]
     assert (ROOT / config.grpo_config).is_file()
+
+
+def test_a_metric_nan_in_some_seed_is_na_never_the_mean_of_the_others(tmp_path):
+    from vcap.cli.comparison import nan_to_none, print_table, summarize
+
+    runs = [{"A": nan_to_none({"x": 0.5, "y": float("nan")})}, {"A": {"x": 0.7, "y": 0.9}}]
+    assert runs[0]["A"]["y"] is None
+    summary = summarize(runs)
+    assert summary["A"]["x"]["mean"] == pytest.approx(0.6)
+    assert summary["A"]["y"] == {"mean": None, "std": None, "values": [None, 0.9]}
+    json.dumps(summary, allow_nan=False)  # plain JSON
+
+
+def test_recipes_are_refused_before_training_when_they_cannot_compare(tmp_path):
+    tiny_grpo(tmp_path)
+    (tmp_path / "novalidate.yaml").write_text("trainer:\n  validate_before_fit: false\n")
+    out = vcap("compare", "--grpo_config", "grpo.yaml", "--recipes", "[escore.yaml, novalidate.yaml]", "--output",
+               "cmp", cwd=tmp_path, check=False)
+    assert out.returncode != 0 and "with novalidate.yaml must set trainer.validate_before_fit: true" in out.stderr
+    assert not (tmp_path / "cmp/seed0").exists()  # nothing trained first
+    empty = vcap("compare", "--grpo_config", "grpo.yaml", "--recipes", "[escore.yaml]", "--seeds", "[]", cwd=tmp_path,
+                 check=False)
+    assert empty.returncode != 0 and "--seeds: give at least one seed" in empty.stderr
+
+
+def test_columns_scored_by_different_metric_judges_are_refused():
+    from vcap.cli.recipe_compare import check_same_metric_judges
+
+    lexical = {"caption_metric_judge": {"backend": "lexical"}, "qa_metric_judge": {"backend": "lexical"}}
+    check_same_metric_judges({"escore": lexical, "qa": dict(lexical)})
+    other = {**lexical, "qa_metric_judge": {"backend": "openai", "model": "m"}}
+    with pytest.raises(SystemExit, match="escore and qa are scored by different held-out metric judges"):
+        check_same_metric_judges({"escore": lexical, "qa": other})

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from vcap.cli.comparison import TrainClock, fit_recipe, plot, print_table, summarize
+from vcap.cli.comparison import TrainClock, fit_recipe, nan_to_none, plot, print_table, summarize
 
 log = logging.getLogger(__name__)
 COLUMNS = ("warm start", "SFT-continued", "GRPO")
@@ -34,7 +34,7 @@ def run_seed(grpo_config: str, sft_config: str, seed: int, output: Path, clock: 
     log.info("seed %d: GRPO spent %.1f %s seconds in %d training steps; SFT gets the same", seed, budget, clock,
              grpo_clock.steps)
     _, sft = fit_recipe(sft_config, seed, output, f"seed{seed}/sft", TrainClock(budget_seconds=budget, clock=clock))
-    return {"warm start": warm, "SFT-continued": sft, "GRPO": grpo}
+    return {"warm start": nan_to_none(warm), "SFT-continued": nan_to_none(sft), "GRPO": nan_to_none(grpo)}
 
 
 def finished_seeds(path: Path, settings: dict) -> dict[int, dict]:
@@ -70,6 +70,8 @@ def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/d
             runs, not immune: waiting torch threads spin, so a crowded run still spends more of them per step.
     """
     seeds = [0] if seeds is None else seeds
+    if not seeds:
+        raise SystemExit("--seeds: give at least one seed, e.g. '[0, 1, 2]'")
     if recipes is not None:
         from vcap.cli.recipe_compare import compare_recipes
 

@@ -36,9 +36,22 @@ class TrainClock(L.Callback):
             trainer.should_stop = True
 
 
-def fit_recipe(config: str | list[str], seed: int, output: Path, name: str, clock: TrainClock) -> tuple[dict, dict]:
+def validates_before_fit(configs: list[str]) -> bool:
+    """Whether the stacked configs (later ones win) set ``trainer.validate_before_fit: true``: checked before any
+    training, since the warm start's column comes from that validation."""
+    import yaml
+
+    value = False
+    for path in configs:
+        trainer = (yaml.safe_load(Path(path).read_text()) or {}).get("trainer") or {}
+        value = trainer.get("validate_before_fit", value)
+    return value is True
+
+
+def fit_recipe(config: str | list[str], seed: int, output: Path, name: str, clock: TrainClock,
+               about: dict | None = None) -> tuple[dict, dict]:
     """Fit one recipe in-process (several config files stack, later ones win); returns (metrics before training or
-    {}, metrics after) on its val set."""
+    {}, metrics after) on its val set. ``about``, if given, receives the judges behind the held-out metrics."""
     from vcap.training.callbacks import ValidationReport
     from vcap.cli.parser import VcapCLI
     from vcap.training.trainer import VcapTrainer
@@ -53,6 +66,9 @@ def fit_recipe(config: str | list[str], seed: int, output: Path, name: str, cloc
     trainer = cli.trainer
     trainer.callbacks.append(clock)
     trainer.fit(cli.model, datamodule=cli.datamodule)
+    if about is not None:
+        described = cli.model.describe()
+        about.update({k: described.get(k) for k in ("caption_metric_judge", "qa_metric_judge")})
     report = next(c for c in trainer.callbacks if isinstance(c, ValidationReport))
     before = next((r["metrics"] for r in report.runs if r["label"] == "start"), {})
     last = report.runs[-1] if report.runs else None
@@ -61,6 +77,12 @@ def fit_recipe(config: str | list[str], seed: int, output: Path, name: str, cloc
         last = report.runs[-1]
     return before, {**last["metrics"], "train_seconds": clock.seconds["wall"], "train_cpu_seconds": clock.seconds["cpu"],
                     "train_steps": clock.steps}
+
+
+def nan_to_none(metrics: dict) -> dict:
+    """NaN (nothing scored) as None, so compare.json is plain JSON (``null``, shown n/a)."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
 
 def summarize(per_seed: list[dict[str, dict]], columns: tuple[str, ...] | None = None
               ) -> dict[str, dict[str, dict[str, float]]]:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
-from vcap.cli.comparison import TrainClock, fit_recipe, plot, print_table, summarize
+from vcap.cli.comparison import TrainClock, fit_recipe, nan_to_none, plot, print_table, summarize, validates_before_fit
 
 log = logging.getLogger(__name__)
 WARM = "warm start"
 SHOWN = ("think_f1", "caption_event_f1", "caption_event_recall", "caption_event_precision", "qa_accuracy",
-         "qa_unanswerable", "caption_words", "judge_failures")
+         "qa_unanswerable", "caption_words", "judge_failures", "caption_failed", "qa_failed")
 PLOTTED = ("think_f1", "caption_event_f1", "caption_event_recall", "caption_event_precision", "qa_accuracy")
 
 
@@ -36,21 +35,28 @@ def recipe_names(recipes: list[str]) -> list[str]:
     return names
 
 
-def finite(metrics: dict) -> dict:
-    """NaN (nothing scored) as None, so compare.json is plain JSON."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
-
-
-def load_runs(path: Path, settings: dict) -> dict[int, dict[str, dict]]:
-    """seed -> column -> metrics that an earlier run of the same comparison finished (same configs byte for byte)."""
+def load_runs(path: Path, settings: dict) -> tuple[dict[int, dict[str, dict]], dict[str, dict]]:
+    """(seed -> column -> metrics, recipe -> judges behind its held-out metrics) that an earlier run of the same
+    comparison finished (same configs byte for byte)."""
     if not path.is_file():
-        return {}
+        return {}, {}
     old = json.loads(path.read_text())
     differs = [k for k in settings if old.get(k) != settings[k]]
     if differs:
         raise SystemExit(f"--output: {path} holds a comparison with other {', '.join(differs)}; pass another "
                          "--output, or delete that compare.json to start over")
-    return {int(seed): columns for seed, columns in old["runs"].items()}
+    return {int(seed): columns for seed, columns in old["runs"].items()}, old.get("metric_judges", {})
+
+
+def check_same_metric_judges(metric_judges: dict[str, dict]) -> None:
+    """Columns are comparable only if one judge scored them all (the QA metric takes the QA reward's judge when a
+    recipe has that reward, else the caption metric's)."""
+    (first, judges), *rest = metric_judges.items()
+    for name, other in rest:
+        if other != judges:
+            raise SystemExit(f"--recipes: {first} and {name} are scored by different held-out metric judges ({judges} "
+                             f"against {other}), so their columns would not compare: give every recipe the same "
+                             "caption and qa judge")
 
 
 def compare_recipes(grpo_config: str, recipes: list[str], seeds: list[int], output: str) -> dict:
@@ -59,11 +65,15 @@ def compare_recipes(grpo_config: str, recipes: list[str], seeds: list[int], outp
         if not Path(path).is_file():
             raise SystemExit(f"--{'grpo_config' if path == grpo_config else 'recipes'}: no such config file {path!r}")
     names = recipe_names(recipes)
+    for recipe in recipes:
+        if not validates_before_fit([grpo_config, recipe]):
+            raise SystemExit(f"--grpo_config: {grpo_config} with {recipe} must set trainer.validate_before_fit: true, "
+                             "so the warm start is scored")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"mode": "recipes", "grpo_config": grpo_config, "recipes": recipes,
                 "config_sha256": {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in [grpo_config, *recipes]}}
-    runs = load_runs(out / "compare.json", settings)
+    runs, metric_judges = load_runs(out / "compare.json", settings)
     columns = (WARM, *names)
 
     def write() -> dict:
@@ -71,22 +81,23 @@ def compare_recipes(grpo_config: str, recipes: list[str], seeds: list[int], outp
         summary = summarize(complete, columns) if complete else {}
         (out / "compare.json").write_text(json.dumps(
             {**settings, "seeds": seeds, "complete_seeds": [s for s in seeds if runs.get(s, {}).keys() >= set(columns)],
-             "runs": {str(s): r for s, r in sorted(runs.items())}, "summary": summary}, indent=2))
+             "runs": {str(s): r for s, r in sorted(runs.items())}, "metric_judges": metric_judges,
+             "summary": summary}, indent=2))
         return summary
 
     for seed in seeds:
-        done = runs.setdefault(seed, {})
+        seed_runs = runs.setdefault(seed, {})
         for recipe, name in zip(recipes, names):
-            if name in done:
+            if name in seed_runs:
                 log.info("seed %d, %s: reusing its finished run from %s", seed, name, out / "compare.json")
                 continue
-            warm, after = fit_recipe([grpo_config, recipe], seed, out, f"seed{seed}/{name}", TrainClock())
-            if not warm:
-                raise SystemExit(f"--grpo_config: {grpo_config} with {recipe} must set trainer.validate_before_fit: "
-                                 "true, so the warm start is scored")
+            about: dict = {}
+            warm, after = fit_recipe([grpo_config, recipe], seed, out, f"seed{seed}/{name}", TrainClock(), about)
+            metric_judges.setdefault(name, about)
+            check_same_metric_judges(metric_judges)
             # the warm start's rewards are each recipe's own, so not comparable: its metrics are
-            done.setdefault(WARM, finite({k: v for k, v in warm.items() if not k.startswith("reward")}))
-            done[name] = finite(after)
+            seed_runs.setdefault(WARM, nan_to_none({k: v for k, v in warm.items() if not k.startswith("reward")}))
+            seed_runs[name] = nan_to_none(after)
             write()
     summary = write()
     title = f"reward recipes on {Path(grpo_config).name}"

@@ -19,6 +19,15 @@ _thread: threading.Thread | None = None
 _pid: int | None = None
 
 
+def _forget_in_child() -> None:
+    """A forked child has no loop thread, and the lock may have been held by another thread at the fork."""
+    global _lock, _loop, _thread, _pid
+    _lock, _loop, _thread, _pid = threading.Lock(), None, None, None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def background_loop() -> asyncio.AbstractEventLoop:
     """This process's judge loop, started on first use."""
     global _loop, _thread, _pid
@@ -31,6 +40,13 @@ def background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def close_on_loop(client: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Closes an async client on the loop it was made on (its connections belong to that loop), if that loop still
+    runs in this process; used when a judge is collected, so runs that build many judges keep no open sockets."""
+    if loop is _loop and _pid == os.getpid() and loop.is_running():
+        asyncio.run_coroutine_threadsafe(client.close(), loop)
+
+
 def run_on_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Runs ``coroutine`` on the judge loop and returns its result (or raises its error) in the calling thread.
     A caller already on that loop would wait for itself forever: it is refused."""
@@ -38,7 +54,12 @@ def run_on_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
     if threading.current_thread() is _thread:
         coroutine.close()
         raise RuntimeError("run_on_loop called from the judge loop itself")
-    raised, value = asyncio.run_coroutine_threadsafe(_guarded(coroutine), loop).result()
+    job = asyncio.run_coroutine_threadsafe(_guarded(coroutine), loop)
+    try:
+        raised, value = job.result()
+    except BaseException:  # the caller stops waiting (a KeyboardInterrupt outside polled()): so do its requests
+        job.cancel()
+        raise
     if raised:
         raise value
     return value
@@ -49,7 +70,7 @@ async def _guarded(coroutine: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     KeyboardInterrupt and SystemExit into the loop itself, which would stop the loop and leave the caller waiting."""
     try:
         return False, await coroutine
-    except Exception:
-        raise
+    except (Exception, asyncio.CancelledError):  # errors reach the caller through the future as they are;
+        raise                                    # a cancelled job stays cancelled
     except BaseException as err:
         return True, err

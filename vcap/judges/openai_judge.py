@@ -2,8 +2,8 @@
 
 A batch's calls run concurrently (bounded) through the SDK's async client, which applies the timeout and
 retries with backoff on 429, 5xx, timeouts and refused connections. The API key is read from the
-environment variable named by ``api_key_env`` at call time; it is never stored on the judge, logged or
-written to configs. A ``user:password@`` in ``base_url`` is sent as HTTP basic auth and shown masked
+environment variable named by ``api_key_env`` when the judge first calls the server and kept only inside its
+client (reused by later calls; never pickled, logged or written to configs). A ``user:password@`` in ``base_url`` is sent as HTTP basic auth and shown masked
 (``vcap.judges.urls``). A reply that is not a chat completion (a proxy's HTML error page with status 200) is a
 failed call named by its content type, like a reply that never came.
 """
@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 
 from vcap.signals import Interrupted, polled, requested
 from vcap.judges.base import register_judge
 from vcap.judges.llm import LLMJudge
-from vcap.judges.loop import run_on_loop
+from vcap.judges.loop import background_loop, close_on_loop, run_on_loop
 from vcap.judges.urls import has_literal_password, masked, without_credentials
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class OpenAIJudge(LLMJudge):
                         self.base_url)
         self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
         self.response_format = response_format
-        self._async_client: tuple[int, object] | None = None  # (pid, AsyncOpenAI), made on first call
+        self._async_client: tuple | None = None  # (pid, loop, AsyncOpenAI), made on first call
         self.structured_output = response_format != "none"
         # the forms still to try, best first; 'auto' drops a form the server rejects
         self._forms = {"auto": ["json_schema", "json_object", "none"], "none": ["none"]}.get(
@@ -197,14 +198,18 @@ class OpenAIJudge(LLMJudge):
             run_on_loop(main())
 
     def _client(self, client_class):
-        """This judge's client, made once per process on the judge loop (``vcap.judges.loop``) and reused."""
-        if self._async_client is None or self._async_client[0] != os.getpid():
+        """This judge's client, made on the judge loop (``vcap.judges.loop``) and reused while that loop runs: a new
+        one in a forked child or after the loop was replaced, since a client's connections belong to its loop. The
+        API key is read from ``api_key_env`` when the client is made."""
+        loop = background_loop()
+        if self._async_client is None or self._async_client[:2] != (os.getpid(), loop):
             # default headers win over the SDK's own: basic auth from the URL replaces the Bearer key
             client = client_class(base_url=self._url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
                                   timeout=self.timeout, max_retries=self.max_retries,
                                   default_headers=self._auth_headers or None)
-            self._async_client = (os.getpid(), client)
-        return self._async_client[1]
+            self._async_client = (os.getpid(), loop, client)
+            weakref.finalize(self, close_on_loop, client, loop)  # a collected judge leaves no open sockets
+        return self._async_client[2]
 
     def __getstate__(self):  # DDP spawn / deep copies: a client belongs to its process's loop, a copy makes its own
         return {**self.__dict__, "_async_client": None}

@@ -28,9 +28,10 @@ def _from_environment(text: str, url: str) -> str:
     """``${NAME}`` replaced by that environment variable; one line naming it when it is not set."""
     def value(match: re.Match) -> str:
         name = match.group(1)
-        if name not in os.environ:
-            raise UsageError(f"the judge URL {masked(url)} names ${{{name}}}, which is not set in the environment: "
-                             f"export {name}=... before the run")
+        if not os.environ.get(name):  # set but empty is as good as forgotten: never an empty password in silence
+            raise UsageError(f"the judge URL {masked(url)} names ${{{name}}}, which is "
+                             f"{'empty' if name in os.environ else 'not set'} in the environment: export {name}=... "
+                             "before the run")
         return os.environ[name]
     return PLACEHOLDER.sub(value, text)
 

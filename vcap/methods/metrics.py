@@ -118,8 +118,8 @@ class CaptionScore(Metric):
 
 def held_out_asks(qa: list[dict], record_id: str) -> list[tuple[str, list[str], int]]:
     """Every question of a record once, as (question, options, right index): options in an order fixed by the record
-    and question alone (never by the caption), so every model and checkpoint is asked exactly the same, and
-    ``UNANSWERABLE`` last."""
+    id and the question's position in its list alone (never by the caption), so every model and checkpoint is asked
+    exactly the same, and ``UNANSWERABLE`` last."""
     asks = []
     for k, item in enumerate(qa):
         key = hashlib.blake2b(f"held-out\x00{record_id}\x00{k}".encode(), digest_size=8).digest()
@@ -148,7 +148,7 @@ class QAAccuracy(Metric):
             self.add_state(key, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, captions: list[str | None], records: list[dict]) -> None:
-        requests, right_index = [], []
+        requests, expected = [], []  # expected: (right option, the 'does not say' option)
         sums = dict.fromkeys(("right", "unanswerable", "asked", "failed", "records"), 0.0)
         if self.judge is None:
             return
@@ -159,9 +159,9 @@ class QAAccuracy(Metric):
             sums["records"] += 1
             for question, options, right in held_out_asks(qa, str(record.get("id", record.get("video", "")))):
                 requests.append((caption or "", question, options))
-                right_index.append((right, len(options) - 1))
+                expected.append((right, len(options) - 1))
         replies = self.judge.answer_choices(requests) if requests else []
-        for (choice, _error), (right, cannot_say) in zip(replies, right_index, strict=True):
+        for (choice, _error), (right, cannot_say) in zip(replies, expected, strict=True):
             if choice is None:
                 sums["failed"] += 1
                 continue
