@@ -109,6 +109,7 @@ def test_qa_accuracy_by_hand():
     judge.answers = [right[2]]
     metric.update(["cap c"], [records[2]])  # states add up across batches
     assert metric.compute()["accuracy"] == pytest.approx(2 / 3)
+    assert metric.compute()["unanswerable"] == pytest.approx(1 / 3)  # a right answer is not "does not say"
     assert held_out_asks(qa, "a") == asks["a"]  # fixed by record and question: every model is asked the same
     orders = {tuple(held_out_asks(qa, f"r{k}")[0][1]) for k in range(20)}
     assert len(orders) > 1  # ... and shuffled per record, so the right answer is not always in one place
