@@ -74,3 +74,24 @@ def test_questions_need_a_judge_that_writes_them(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == ("vcap: error: vcap annotate: --fields qa needs a judge that writes "
                                                    "questions ('openai' or 'hf'), not 'lexical'")
+
+
+def test_a_record_whose_questions_are_all_malformed_is_one_named_failure(tmp_path):
+    rows = [{"id": "c1", "video": "v1.mp4", "caption": "A red circle moves left.", "events": ["the red circle moves left"]},
+            {"id": "c3", "video": "v3.mp4", "caption": "A red circle moves fast.", "events": ["the red circle moves left"]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def script(body):
+        text = body["messages"][-1]["content"]
+        if "multiple-choice questions about a video" in text and "A red circle moves left." in text:
+            return ("reply", json.dumps({"questions": [MALFORMED]}))
+        return judge(body)
+
+    with ScriptedServer(script) as server:
+        run = annotate(tmp_path, server.url, "--fields", "[qa]", "--questions", "4")
+    assert run.returncode == 0, run.stderr[-3000:]
+    failures = [line for line in run.stderr.splitlines() if "c1: qa:" in line]
+    assert len(failures) == 1 and "c1: qa: unparseable reply" in failures[0], run.stderr[-3000:]
+    assert "c1: qa: c1: qa:" not in run.stderr  # the record's name once, not once per layer that passed the error on
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert "qa" not in out[0] and out[1]["qa"] == [GOOD]

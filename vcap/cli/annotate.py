@@ -23,7 +23,7 @@ from rich.table import Table
 from vcap.errors import ServiceError
 from vcap.judges import build_judge
 from vcap.errors import UsageError
-from vcap.judges.base import ExtractionResult, Judge
+from vcap.judges.base import Judge
 from vcap.provenance import about_run, file_sha256, lock_output, write_made_by
 from vcap.rewards.qa_questions import QuestionCounts, make_qa
 from vcap.signals import Interrupted, raising_on_signals
@@ -126,14 +126,9 @@ def fill(records: list[dict], todo: dict[str, list[int]], backend, batch_size: i
     """Ask the judge for each field of each record in ``todo``, batch by batch, with a progress bar."""
     made = QuestionCounts()
 
-    def make(captions_of: list[int]):
-        before = len(made.errors)
-        kept = make_qa(backend, [records[i] for i in captions_of], questions, made)
-        errors = iter(made.errors[before:])
-        return [ExtractionResult(items, None if items is not None else next(errors, "no questions")) for items in kept]
-
     extract = {"events": lambda idx: backend.extract_events([records[i]["caption"] for i in idx]),
-               "structure": lambda idx: backend.extract_structure([records[i]["caption"] for i in idx]), "qa": make}
+               "structure": lambda idx: backend.extract_structure([records[i]["caption"] for i in idx]),
+               "qa": lambda idx: make_qa(backend, [records[i] for i in idx], questions, made)}
     with Progress(TextColumn("annotate {task.fields[field]}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True)) as progress:
         task = progress.add_task("annotate", total=sum(len(v) for v in todo.values()), field="")

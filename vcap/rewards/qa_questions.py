@@ -9,10 +9,10 @@ caption; one a blank caption answers would pay a guess.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from vcap.errors import UsageError
-from vcap.rewards.qa import check_qa, plan_asks
+from vcap.judges.base import ExtractionResult
+from vcap.rewards.qa import plan_asks
 
 ASKS = 4
 KEEP_FROM_REFERENCE = 3
@@ -26,17 +26,6 @@ def reference_text(record: dict) -> str:
     return record["caption"].strip() + ("\nEvents: " + "; ".join(events) if events else "")
 
 
-def well_formed(items) -> list[dict]:
-    """The candidates that make a valid ``qa`` entry (question, 2+ distinct options, answer among them)."""
-    out = []
-    for item in items if isinstance(items, list) else []:
-        try:
-            out += check_qa({"qa": [item]})
-        except UsageError:
-            continue
-    return [{"question": q["question"].strip(), "options": list(q["options"]), "answer": q["answer"]} for q in out]
-
-
 @dataclass
 class QuestionCounts:
     made: int = 0
@@ -44,16 +33,15 @@ class QuestionCounts:
     dropped_unanswered: int = 0  # the reference caption did not answer it on enough asks
     dropped_guessable: int = 0  # a caption that says nothing answered it too often
     dropped_failed: int = 0  # the judge failed on one of its asks
-    errors: list[str] = field(default_factory=list)
 
 
-def make_qa(judge, records: list[dict], count: int, counts: QuestionCounts) -> list[list[dict] | None]:
-    """For each record, its kept questions (possibly none), or None when the judge could not write any."""
+def make_qa(judge, records: list[dict], count: int, counts: QuestionCounts) -> list[ExtractionResult]:
+    """For each record, its kept questions (possibly none) as ``items``, or the judge's error when it could not
+    write any."""
     made = judge.make_questions([reference_text(r) for r in records], count)
     requests, owners = [], []
     for k, (record, result) in enumerate(zip(records, made)):
         if result.items is None:
-            counts.errors.append(f"{record.get('id', record.get('video', k))}: qa: {result.error}")
             continue
         counts.made += len(result.items)
         for j, item in enumerate(result.items):
@@ -69,10 +57,10 @@ def make_qa(judge, records: list[dict], count: int, counts: QuestionCounts) -> l
         if choice is None:
             failed.add((k, j))
         tally[which] += choice == answer
-    out: list[list[dict] | None] = []
+    out: list[ExtractionResult] = []
     for k, result in enumerate(made):
         if result.items is None:
-            out.append(None)
+            out.append(result)
             continue
         kept = []
         for j, item in enumerate(result.items):
@@ -86,5 +74,5 @@ def make_qa(judge, records: list[dict], count: int, counts: QuestionCounts) -> l
             else:
                 kept.append(item)
         counts.kept += len(kept)
-        out.append(kept)
+        out.append(ExtractionResult(kept, None))
     return out
