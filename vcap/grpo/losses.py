@@ -16,6 +16,22 @@ class Advantages(NamedTuple):
     group_std: torch.Tensor  # (N // G,)
 
 
+def group_statistics(grouped: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per group (a row of ``grouped``) over the members ``keep`` marks: the values minus the group mean (0 where not
+    kept), the sample (Bessel-corrected, as torch.std in TRL and verl) std, 0 for one member, and whether all kept
+    values are equal or fewer than two are kept (shapes (G, n), (G, 1), (G, 1)). Equality is by comparison, not by
+    std < threshold: the float mean of equal values can round away from them (eight float32 0.91s give r - mean =
+    6e-8, so std 6e-8 and advantages of up to 2e-3 instead of 0). Values not kept may be NaN."""
+    values = torch.where(keep, grouped, torch.zeros_like(grouped))  # NaN * 0 would still be NaN in the sums
+    count = keep.sum(dim=1, keepdim=True)
+    mean = values.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    centered = torch.where(keep, grouped - mean, torch.zeros_like(grouped))
+    std = ((centered ** 2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+    highest = torch.where(keep, grouped, torch.full_like(grouped, -torch.inf)).amax(dim=1, keepdim=True)
+    lowest = torch.where(keep, grouped, torch.full_like(grouped, torch.inf)).amin(dim=1, keepdim=True)
+    return centered, std, highest <= lowest
+
+
 def group_advantages(rewards: torch.Tensor, num_generations: int, scale: str = "group", eps: float = 1e-4,
                      valid: torch.Tensor | None = None) -> Advantages:
     """A_i = (r_i - mean(group)) / (std(group) + eps); ``scale='none'`` skips the division (Dr. GRPO).
@@ -29,17 +45,9 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale: str = "
         raise ValueError(f"unknown advantage scale {scale!r}; valid: 'group', 'none'")
     grouped = rewards.view(-1, num_generations).float()
     keep = torch.ones_like(grouped, dtype=torch.bool) if valid is None else valid.view(-1, num_generations).bool()
-    count = keep.sum(dim=1, keepdim=True).clamp(min=1)
-    mean = (grouped * keep).sum(dim=1, keepdim=True) / count
-    centered = torch.where(keep, grouped - mean, torch.zeros_like(grouped))
-    # sample (Bessel-corrected) std, as torch.std in TRL and verl; one valid member -> std 0
-    std = ((centered ** 2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
-    # equal rewards by comparison, not by std < threshold: the float mean of equal values can round away from them
-    # (eight float32 0.91s give r - mean = 6e-8, so std 6e-8 and advantages of up to 2e-3 instead of 0)
-    highest = torch.where(keep, grouped, torch.full_like(grouped, -torch.inf)).amax(dim=1, keepdim=True)
-    lowest = torch.where(keep, grouped, torch.full_like(grouped, torch.inf)).amin(dim=1, keepdim=True)
-    zero_std = (highest <= lowest).squeeze(1)  # all valid rewards equal (or fewer than two valid)
-    std = torch.where(zero_std.unsqueeze(1), torch.zeros_like(std), std)
+    centered, std, constant = group_statistics(grouped, keep)
+    zero_std = constant.squeeze(1)
+    std = torch.where(constant, torch.zeros_like(std), std)
     adv = centered / (std + eps) if scale == "group" else centered
     adv = torch.where(zero_std.unsqueeze(1) | ~keep, torch.zeros_like(adv), adv)
     return Advantages(adv.reshape(-1), zero_std, std.squeeze(1))
@@ -87,14 +95,7 @@ def normalize_then_sum(scores_by: dict[str, torch.Tensor], weights: dict[str, fl
         keep = torch.isfinite(grouped)
         if valid is not None:
             keep &= valid.view(-1, num_generations).bool()
-        grouped = torch.where(keep, grouped, torch.zeros_like(grouped))  # NaN * 0 would still be NaN in the sums
-        count = keep.sum(dim=1, keepdim=True)
-        mean = grouped.sum(dim=1, keepdim=True) / count.clamp(min=1)
-        centered = torch.where(keep, grouped - mean, torch.zeros_like(grouped))
-        std = ((centered ** 2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
-        highest = torch.where(keep, grouped, torch.full_like(grouped, -torch.inf)).amax(dim=1, keepdim=True)
-        lowest = torch.where(keep, grouped, torch.full_like(grouped, torch.inf)).amin(dim=1, keepdim=True)
-        constant = highest <= lowest  # all counted scores equal (or fewer than two counted)
+        centered, std, constant = group_statistics(grouped, keep)
         z = torch.where(constant | ~keep, torch.zeros_like(centered), centered / (std + eps))
         normalized[name] = z.reshape(-1)
     total = torch.zeros_like(next(iter(normalized.values())))
