@@ -19,12 +19,10 @@ from vcap.judges.base import register_judge
 from vcap.judges.llm import LLMJudge
 from vcap.judges.loop import background_loop, close_on_loop, run_on_loop
 from vcap.judges.urls import has_literal_password, masked, without_credentials
+from vcap.quiet import warn_once
 
 log = logging.getLogger(__name__)
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
-
-
-_WARNED_PASSWORDS: set[str] = set()  # masked URLs already warned about (the reward and the metric share a judge)
 
 
 class NotAChatReply(Exception):
@@ -107,12 +105,11 @@ class OpenAIJudge(LLMJudge):
         # shown everywhere masked; the client gets the URL without credentials and their basic-auth header
         self.base_url, self.api_key_env = masked(base_url), api_key_env
         self._url, self._auth_headers = without_credentials(base_url)
-        if has_literal_password(base_url) and self.base_url not in _WARNED_PASSWORDS:
-            _WARNED_PASSWORDS.add(self.base_url)
-            log.warning("the judge URL %s carries its password written out, and run files (config.yaml, "
-                        "hparams.yaml, checkpoints) keep the URL as given: write it as ${NAME} (e.g. "
-                        "http://user:${JUDGE_PASSWORD}@host/v1) and export NAME, so they keep only the placeholder",
-                        self.base_url)
+        if has_literal_password(base_url):  # once per URL: the reward and the metric share a judge
+            warn_once(log, "the judge URL %s carries its password written out, and run files (config.yaml, "
+                      "hparams.yaml, checkpoints) keep the URL as given: write it as ${NAME} (e.g. "
+                      "http://user:${JUDGE_PASSWORD}@host/v1) and export NAME, so they keep only the placeholder",
+                      self.base_url)
         self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
         self.response_format = response_format
         self._async_client: tuple | None = None  # (pid, loop, AsyncOpenAI), made on first call
