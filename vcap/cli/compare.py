@@ -11,13 +11,13 @@ With ``recipes`` it compares reward recipes instead (``vcap.cli.recipe_compare``
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Literal
 
-from vcap.cli.comparison import TrainClock, fit_recipe, nan_to_none, plot, print_table, summarize
+from vcap.cli.comparison import (TrainClock, config_hashes, fit_recipe, matching_comparison, nan_to_none, plot,
+                                  print_table, summarize)
 
 log = logging.getLogger(__name__)
 COLUMNS = ("warm start", "SFT-continued", "GRPO")
@@ -40,14 +40,8 @@ def run_seed(grpo_config: str, sft_config: str, seed: int, output: Path, clock: 
 def finished_seeds(path: Path, settings: dict) -> dict[int, dict]:
     """Seeds that an earlier run of the same comparison (same configs, byte for byte, and clock) finished, from its
     compare.json: a rerun after a crash, or with more seeds, does not repeat them."""
-    if not path.is_file():
-        return {}
-    old = json.loads(path.read_text())
-    differs = [k for k in settings if old.get(k) != settings[k]]
-    if differs:
-        raise SystemExit(f"--output: {path} holds a comparison with other {', '.join(differs)}; pass another "
-                         "--output, or delete that compare.json to start over")
-    return {int(seed): run for seed, run in zip(old["seeds"], old["per_seed"])}
+    old = matching_comparison(path, settings)
+    return {} if old is None else {int(seed): run for seed, run in zip(old["seeds"], old["per_seed"])}
 
 
 def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/demo/sft_continue.yaml",
@@ -85,7 +79,7 @@ def compare(grpo_config: str = "configs/demo.yaml", sft_config: str = "configs/d
             raise SystemExit(f"--{name}: no such config file {path!r}")
     out = Path(output)
     settings = {"clock": clock, **configs,
-                "config_sha256": {name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for name, p in configs.items()}}
+                "config_sha256": config_hashes(configs.items())}
     done = finished_seeds(out / "compare.json", settings)
     per_seed = []
     for seed in seeds:

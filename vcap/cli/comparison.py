@@ -2,12 +2,15 @@
 mean ± std over seeds, the table and the chart."""
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from pathlib import Path
 
 import lightning as L
+
+from vcap.provenance import file_sha256
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -77,6 +80,23 @@ def fit_recipe(config: str | list[str], seed: int, output: Path, name: str, cloc
         last = report.runs[-1]
     return before, {**last["metrics"], "train_seconds": clock.seconds["wall"], "train_cpu_seconds": clock.seconds["cpu"],
                     "train_steps": clock.steps}
+
+
+def matching_comparison(path: Path, settings: dict) -> dict | None:
+    """An earlier comparison's compare.json, if there is one; it must have been made with exactly ``settings``
+    (configs byte for byte, clock or recipes), or nothing of it is reused."""
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    differs = [k for k in settings if old.get(k) != settings[k]]
+    if differs:
+        raise SystemExit(f"--output: {path} holds a comparison with other {', '.join(differs)}; pass another "
+                         "--output, or delete that compare.json to start over")
+    return old
+
+
+def config_hashes(paths) -> dict[str, str]:
+    return {name: file_sha256(Path(path)) for name, path in paths}
 
 
 def nan_to_none(metrics: dict) -> dict:

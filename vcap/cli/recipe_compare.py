@@ -9,12 +9,12 @@ the same comparison reuses what finished) and ``compare.png``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
-from vcap.cli.comparison import TrainClock, fit_recipe, nan_to_none, plot, print_table, summarize, validates_before_fit
+from vcap.cli.comparison import (TrainClock, config_hashes, fit_recipe, matching_comparison, nan_to_none, plot,
+                                  print_table, summarize, validates_before_fit)
 
 log = logging.getLogger(__name__)
 WARM = "warm start"
@@ -38,13 +38,9 @@ def recipe_names(recipes: list[str]) -> list[str]:
 def load_runs(path: Path, settings: dict) -> tuple[dict[int, dict[str, dict]], dict[str, dict]]:
     """(seed -> column -> metrics, recipe -> judges behind its held-out metrics) that an earlier run of the same
     comparison finished (same configs byte for byte)."""
-    if not path.is_file():
+    old = matching_comparison(path, settings)
+    if old is None:
         return {}, {}
-    old = json.loads(path.read_text())
-    differs = [k for k in settings if old.get(k) != settings[k]]
-    if differs:
-        raise SystemExit(f"--output: {path} holds a comparison with other {', '.join(differs)}; pass another "
-                         "--output, or delete that compare.json to start over")
     return {int(seed): columns for seed, columns in old["runs"].items()}, old.get("metric_judges", {})
 
 
@@ -72,7 +68,7 @@ def compare_recipes(grpo_config: str, recipes: list[str], seeds: list[int], outp
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"mode": "recipes", "grpo_config": grpo_config, "recipes": recipes,
-                "config_sha256": {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in [grpo_config, *recipes]}}
+                "config_sha256": config_hashes((p, p) for p in [grpo_config, *recipes])}
     runs, metric_judges = load_runs(out / "compare.json", settings)
     columns = (WARM, *names)
 
