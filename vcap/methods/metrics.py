@@ -12,7 +12,7 @@ from vcap.judges import Judge, build_judge
 from vcap.rewards.caption import escore
 from vcap.rewards.matching import f1_from_counts
 from vcap.rewards.parsing import Subject
-from vcap.rewards.qa import UNANSWERABLE, check_qa
+from vcap.rewards.qa import check_qa, shuffled_choices
 from vcap.rewards.think import ThinkScorer
 
 
@@ -123,9 +123,8 @@ def held_out_asks(qa: list[dict], record_id: str) -> list[tuple[str, list[str], 
     asks = []
     for k, item in enumerate(qa):
         key = hashlib.blake2b(f"held-out\x00{record_id}\x00{k}".encode(), digest_size=8).digest()
-        options = list(item["options"])
-        random.Random(int.from_bytes(key, "big")).shuffle(options)
-        asks.append((item["question"], [*options, UNANSWERABLE], options.index(item["answer"])))
+        options, right = shuffled_choices(item, random.Random(int.from_bytes(key, "big")))
+        asks.append((item["question"], options, right))
     return asks
 
 

@@ -56,10 +56,16 @@ def plan_asks(qa: list[dict], asks: int, seed: int, record_id: str, caption: str
     out = []
     for _ in range(asks):
         q = rng.randrange(len(qa))
-        options = list(qa[q]["options"])
-        rng.shuffle(options)
-        out.append(Ask(q, (*options, UNANSWERABLE), options.index(qa[q]["answer"])))
+        options, answer = shuffled_choices(qa[q], rng)
+        out.append(Ask(q, tuple(options), answer))
     return out
+
+
+def shuffled_choices(item: dict, rng: random.Random) -> tuple[list[str], int]:
+    """A question's options shuffled by ``rng`` with ``UNANSWERABLE`` appended, and the right option's index."""
+    options = list(item["options"])
+    rng.shuffle(options)
+    return [*options, UNANSWERABLE], options.index(item["answer"])
 
 
 @register_reward("qa")
